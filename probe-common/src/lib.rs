@@ -1,0 +1,50 @@
+//! Types and logic shared by sonde's kernel programs (`probe-ebpf`) and userspace.
+//!
+//! Everything here is `#![no_std]` and allocation-free so the same code runs inside the
+//! XDP/TC programs and in host unit tests: the packet classifier ([`parse`]), the TCP
+//! cookie ([`cookie`]), the probe packet builder ([`craft`]) and the `#[repr(C)]`
+//! records that cross the kernel/user boundary ([`record`], [`config`], [`counters`]).
+#![no_std]
+
+pub mod config;
+pub mod cookie;
+pub mod counters;
+pub mod craft;
+pub mod parse;
+pub mod record;
+
+/// Name of the XDP ingress program in the object file.
+pub const PROG_XDP: &str = "sonde_xdp";
+/// Name of the TC egress program in the object file.
+pub const PROG_TC_EGRESS: &str = "sonde_tc_egress";
+/// Array map (one [`config::ProbeConfig`]) written by userspace at load time.
+pub const MAP_CONFIG: &str = "SONDE_CONFIG";
+/// Ring buffer of [`record::AnswerRecord`]s, kernel to userspace.
+pub const MAP_EVENTS: &str = "SONDE_EVENTS";
+/// LRU hash of egress stamps: [`record::StampKey`] to send time (ns, `CLOCK_MONOTONIC`).
+pub const MAP_STAMPS: &str = "SONDE_STAMPS";
+/// Per-CPU array of XDP counters, indexed by [`counters::XdpReason`].
+pub const MAP_XDP_COUNTERS: &str = "SONDE_XDP_COUNTERS";
+/// Per-CPU array of TC egress counters, indexed by [`counters::TcReason`].
+pub const MAP_TC_COUNTERS: &str = "SONDE_TC_COUNTERS";
+
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 22;
+/// Capacity of the egress stamp map: at most this many probes are in flight with a
+/// kernel timestamp; older stamps are evicted (LRU) and their answers count as `no_stamp`.
+pub const STAMPS_CAPACITY: u32 = 1 << 18;
+
+/// IP protocol numbers used by the parser.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const IPV6_FRAGMENT: u8 = 44;
+}
+
+/// Address families as stored in records (`AF_INET`-like values of our own).
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}

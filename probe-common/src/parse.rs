@@ -1,0 +1,518 @@
+//! The bounds-checked packet classifier shared by the XDP and TC programs.
+//!
+//! It is generic over [`Frame`], so the kernel programs run it on packet memory (every
+//! read checked against `data_end`) and host tests run it on byte slices. It never
+//! loops over packet contents: VLAN tags are unrolled (at most two, 802.1ad QinQ) and
+//! IPv6 extension headers are not followed (our probes never carry them, so an answer
+//! never does either).
+
+use crate::{
+    config::ProbeConfig,
+    cookie::cookie,
+    counters::{TcReason, XdpReason},
+    family, proto,
+    record::{AnswerClass, StampKey},
+};
+
+/// Read access to one frame, starting at the Ethernet header.
+pub trait Frame {
+    /// Read a `T` at byte offset `off`, or `None` if it would cross the end of the frame.
+    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+}
+
+impl Frame for [u8] {
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let end = off.checked_add(core::mem::size_of::<T>())?;
+        if end > self.len() {
+            return None;
+        }
+        // SAFETY: the range [off, end) is inside the slice; read_unaligned has no
+        // alignment requirement and `T: Copy` (plain data in all our uses).
+        Some(unsafe { core::ptr::read_unaligned(self.as_ptr().add(off).cast::<T>()) })
+    }
+}
+
+const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// TCP flag bits.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+#[inline(always)]
+fn be16<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u16> {
+    f.load::<[u8; 2]>(off).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+fn be32<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u32> {
+    f.load::<[u8; 4]>(off).map(u32::from_be_bytes)
+}
+
+/// Offset of the L3 header and its ethertype, after at most two VLAN tags.
+#[inline(always)]
+fn ethernet<F: Frame + ?Sized>(f: &F) -> Result<(usize, u16), Malformed> {
+    let mut ethertype = be16(f, 12).ok_or(Malformed::Eth)?;
+    let mut off = ETH_LEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = be16(f, off + 2).ok_or(Malformed::Eth)?;
+        off += 4;
+        if ethertype == ETH_P_8021Q {
+            ethertype = be16(f, off + 2).ok_or(Malformed::Eth)?;
+            off += 4;
+        }
+    }
+    Ok((off, ethertype))
+}
+
+/// Which layer a malformed frame broke at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Malformed {
+    Eth,
+    Ipv4,
+    Ipv6,
+    L4,
+}
+
+/// A parsed IP header.
+#[derive(Clone, Copy)]
+struct Ip {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: u8,
+    ttl: u8,
+    /// Offset of the transport header.
+    l4: usize,
+}
+
+/// Why an IP header is not worth looking into.
+#[derive(Clone, Copy)]
+enum IpSkip {
+    Malformed(Malformed),
+    Fragment,
+}
+
+#[inline(always)]
+fn v4addr(b: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = b[0];
+    a[1] = b[1];
+    a[2] = b[2];
+    a[3] = b[3];
+    a
+}
+
+/// Parse an IPv4 header at `off`. `quoted`: inside an ICMP error, where the quote
+/// may be cut short, so the total length is not checked against the frame.
+#[inline(always)]
+fn ipv4<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip> {
+    let m = IpSkip::Malformed(if quoted {
+        Malformed::L4
+    } else {
+        Malformed::Ipv4
+    });
+    let vihl: u8 = f.load(off).ok_or(m)?;
+    if vihl >> 4 != 4 {
+        return Err(m);
+    }
+    let hlen = usize::from(vihl & 0x0f) * 4;
+    if hlen < 20 {
+        return Err(m);
+    }
+    // The whole header, options included, must be inside the frame.
+    f.load::<u8>(off + hlen - 1).ok_or(m)?;
+    let total = usize::from(be16(f, off + 2).ok_or(m)?);
+    if total < hlen {
+        return Err(m);
+    }
+    if !quoted && f.load::<u8>(off + total - 1).is_none() {
+        return Err(m);
+    }
+    let frag = be16(f, off + 6).ok_or(m)?;
+    if !quoted && frag & 0x3fff != 0 {
+        return Err(IpSkip::Fragment);
+    }
+    Ok(Ip {
+        family: family::V4,
+        ttl: f.load(off + 8).ok_or(m)?,
+        proto: f.load(off + 9).ok_or(m)?,
+        src: v4addr(f.load(off + 12).ok_or(m)?),
+        dst: v4addr(f.load(off + 16).ok_or(m)?),
+        l4: off + hlen,
+    })
+}
+
+#[inline(always)]
+fn ipv6<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip> {
+    let m = IpSkip::Malformed(if quoted {
+        Malformed::L4
+    } else {
+        Malformed::Ipv6
+    });
+    let v: u8 = f.load(off).ok_or(m)?;
+    if v >> 4 != 6 {
+        return Err(m);
+    }
+    f.load::<u8>(off + 39).ok_or(m)?;
+    let payload = usize::from(be16(f, off + 4).ok_or(m)?);
+    if !quoted && payload > 0 && f.load::<u8>(off + 40 + payload - 1).is_none() {
+        return Err(m);
+    }
+    let next: u8 = f.load(off + 6).ok_or(m)?;
+    if !quoted && next == proto::IPV6_FRAGMENT {
+        return Err(IpSkip::Fragment);
+    }
+    Ok(Ip {
+        family: family::V6,
+        proto: next,
+        ttl: f.load(off + 7).ok_or(m)?,
+        src: f.load(off + 8).ok_or(m)?,
+        dst: f.load(off + 24).ok_or(m)?,
+        l4: off + 40,
+    })
+}
+
+#[inline(always)]
+fn ip<F: Frame + ?Sized>(f: &F, off: usize, ethertype: u16) -> Result<Ip, XdpReason> {
+    let r = match ethertype {
+        ETH_P_IP => ipv4(f, off, false),
+        ETH_P_IPV6 => ipv6(f, off, false),
+        _ => return Err(XdpReason::NotIp),
+    };
+    r.map_err(|e| match e {
+        IpSkip::Fragment => XdpReason::Fragment,
+        IpSkip::Malformed(m) => malformed(m),
+    })
+}
+
+#[inline(always)]
+fn malformed(m: Malformed) -> XdpReason {
+    match m {
+        Malformed::Eth => XdpReason::MalformedEth,
+        Malformed::Ipv4 => XdpReason::MalformedIpv4,
+        Malformed::Ipv6 => XdpReason::MalformedIpv6,
+        Malformed::L4 => XdpReason::MalformedL4,
+    }
+}
+
+/// An answer to one of our probes, as classified from a received frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// What kind of answer.
+    pub class: AnswerClass,
+    /// The probe it answers: the key its egress stamp was stored under.
+    pub key: StampKey,
+    /// Who sent it (the target, or the router behind an ICMP error).
+    pub reporter: [u8; 16],
+    /// The answer's TCP sequence number (0 if not TCP).
+    pub answer_seq: u32,
+    /// ICMP type and code of the answer (0 for TCP/UDP).
+    pub icmp_type: u8,
+    /// ICMP code of the answer.
+    pub icmp_code: u8,
+    /// TCP flags of the answer.
+    pub tcp_flags: u8,
+    /// TTL / hop limit of the answer.
+    pub ttl: u8,
+    /// Whether a cookie was checked and valid (TCP answers and quoted TCP probes).
+    pub cookie_ok: bool,
+}
+
+#[inline(always)]
+fn key(
+    ip_family: u8,
+    local: [u8; 16],
+    remote: [u8; 16],
+    lp: u16,
+    rp: u16,
+    pr: u8,
+    seq: u32,
+) -> StampKey {
+    StampKey {
+        local,
+        remote,
+        local_port: lp,
+        remote_port: rp,
+        proto: pr,
+        family: ip_family,
+        _pad: [0; 2],
+        seq,
+    }
+}
+
+#[inline(always)]
+fn is_echo_reply(family: u8, t: u8) -> bool {
+    (family == family::V4 && t == 0) || (family == family::V6 && t == 129)
+}
+
+#[inline(always)]
+fn is_echo_request(family: u8, t: u8) -> bool {
+    (family == family::V4 && t == 8) || (family == family::V6 && t == 128)
+}
+
+#[inline(always)]
+fn is_icmp_error(family: u8, t: u8) -> bool {
+    // v4: destination unreachable, time exceeded; v6: destination unreachable, time exceeded.
+    (family == family::V4 && (t == 3 || t == 11)) || (family == family::V6 && (t == 1 || t == 3))
+}
+
+/// Classify a received frame: an answer to one of our probes, or the reason it is not.
+///
+/// # Errors
+/// The [`XdpReason`] that ends the frame's processing when it is not a valid answer.
+#[inline(always)]
+pub fn classify<F: Frame + ?Sized>(f: &F, cfg: &ProbeConfig) -> Result<Answer, XdpReason> {
+    if cfg.enabled == 0 {
+        return Err(XdpReason::Disabled);
+    }
+    let (l3, ethertype) = ethernet(f).map_err(malformed)?;
+    let ip = ip(f, l3, ethertype)?;
+    let l4 = ip.l4;
+    match ip.proto {
+        proto::TCP => {
+            let sport = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
+            let dport = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
+            let seq = be32(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
+            let ack = be32(f, l4 + 8).ok_or(XdpReason::MalformedL4)?;
+            let doff: u8 = f.load(l4 + 12).ok_or(XdpReason::MalformedL4)?;
+            let fl: u8 = f.load(l4 + 13).ok_or(XdpReason::MalformedL4)?;
+            let hlen = usize::from(doff >> 4) * 4;
+            if hlen < 20 || f.load::<u8>(l4 + hlen - 1).is_none() {
+                return Err(XdpReason::MalformedL4);
+            }
+            if !cfg.owns_port(dport) {
+                return Err(XdpReason::NotOurs);
+            }
+            let class = if fl & tcp_flags::RST != 0 {
+                AnswerClass::Closed
+            } else if fl & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK {
+                AnswerClass::Open
+            } else {
+                return Err(XdpReason::OtherTcp);
+            };
+            let probe_seq = ack.wrapping_sub(1);
+            // An RST without ACK acknowledges nothing, so it cannot prove it answers us.
+            if fl & tcp_flags::ACK == 0
+                || probe_seq != cookie(&cfg.cookie_key, &ip.dst, &ip.src, dport, sport)
+            {
+                return Err(XdpReason::BadCookie);
+            }
+            Ok(Answer {
+                class,
+                key: key(
+                    ip.family,
+                    ip.dst,
+                    ip.src,
+                    dport,
+                    sport,
+                    proto::TCP,
+                    probe_seq,
+                ),
+                reporter: ip.src,
+                answer_seq: seq,
+                icmp_type: 0,
+                icmp_code: 0,
+                tcp_flags: fl,
+                ttl: ip.ttl,
+                cookie_ok: true,
+            })
+        }
+        proto::UDP => {
+            let sport = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
+            let dport = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
+            f.load::<[u8; 4]>(l4 + 4).ok_or(XdpReason::MalformedL4)?;
+            if !cfg.owns_port(dport) {
+                return Err(XdpReason::NotOurs);
+            }
+            Ok(Answer {
+                class: AnswerClass::UdpReply,
+                key: key(ip.family, ip.dst, ip.src, dport, sport, proto::UDP, 0),
+                reporter: ip.src,
+                answer_seq: 0,
+                icmp_type: 0,
+                icmp_code: 0,
+                tcp_flags: 0,
+                ttl: ip.ttl,
+                cookie_ok: false,
+            })
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            // ICMP for IPv4 and ICMPv6 for IPv6 only.
+            if (ip.proto == proto::ICMP) != (ip.family == family::V4) {
+                return Err(XdpReason::OtherL4);
+            }
+            let t: u8 = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            let code: u8 = f.load(l4 + 1).ok_or(XdpReason::MalformedL4)?;
+            let id = be16(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
+            let seq = be16(f, l4 + 6).ok_or(XdpReason::MalformedL4)?;
+            if is_echo_reply(ip.family, t) {
+                if id != cfg.icmp_id {
+                    return Err(XdpReason::NotOurs);
+                }
+                return Ok(Answer {
+                    class: AnswerClass::EchoReply,
+                    key: key(ip.family, ip.dst, ip.src, id, seq, ip.proto, 0),
+                    reporter: ip.src,
+                    answer_seq: 0,
+                    icmp_type: t,
+                    icmp_code: code,
+                    tcp_flags: 0,
+                    ttl: ip.ttl,
+                    cookie_ok: false,
+                });
+            }
+            if !is_icmp_error(ip.family, t) {
+                return Err(XdpReason::NotOurs);
+            }
+            quoted(f, cfg, &ip, t, code)
+        }
+        _ => Err(XdpReason::OtherL4),
+    }
+}
+
+/// An ICMP error: is the packet it quotes one of our probes?
+#[inline(always)]
+fn quoted<F: Frame + ?Sized>(
+    f: &F,
+    cfg: &ProbeConfig,
+    outer: &Ip,
+    t: u8,
+    code: u8,
+) -> Result<Answer, XdpReason> {
+    let inner_off = outer.l4 + 8;
+    let inner = if outer.family == family::V4 {
+        ipv4(f, inner_off, true)
+    } else {
+        ipv6(f, inner_off, true)
+    }
+    .map_err(|_| XdpReason::MalformedL4)?;
+    let l4 = inner.l4;
+    // RFC 792 guarantees the first 8 bytes of the quoted transport header.
+    let a = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
+    let b = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
+    let c = be32(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
+    let (k, cookie_ok) = match inner.proto {
+        proto::TCP => {
+            if !cfg.owns_port(a) {
+                return Err(XdpReason::NotOurs);
+            }
+            if c != cookie(&cfg.cookie_key, &inner.src, &inner.dst, a, b) {
+                return Err(XdpReason::BadCookie);
+            }
+            (
+                key(inner.family, inner.src, inner.dst, a, b, proto::TCP, c),
+                true,
+            )
+        }
+        proto::UDP => {
+            if !cfg.owns_port(a) {
+                return Err(XdpReason::NotOurs);
+            }
+            (
+                key(inner.family, inner.src, inner.dst, a, b, proto::UDP, 0),
+                false,
+            )
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            // The quoted echo request: type in the high byte of `a`, id and seq in `c`.
+            let id = (c >> 16) as u16;
+            if !is_echo_request(inner.family, (a >> 8) as u8) || id != cfg.icmp_id {
+                return Err(XdpReason::NotOurs);
+            }
+            (
+                key(
+                    inner.family,
+                    inner.src,
+                    inner.dst,
+                    id,
+                    c as u16,
+                    inner.proto,
+                    0,
+                ),
+                false,
+            )
+        }
+        _ => return Err(XdpReason::NotOurs),
+    };
+    Ok(Answer {
+        class: AnswerClass::Unreachable,
+        key: k,
+        reporter: outer.src,
+        answer_seq: 0,
+        icmp_type: t,
+        icmp_code: code,
+        tcp_flags: 0,
+        ttl: outer.ttl,
+        cookie_ok,
+    })
+}
+
+/// Classify an outgoing packet for the TC egress program: the stamp key of one of our
+/// probes, or the reason it is not one.
+///
+/// # Errors
+/// The [`TcReason`] when the packet is not a probe of ours.
+#[inline(always)]
+pub fn classify_egress<F: Frame + ?Sized>(
+    f: &F,
+    cfg: &ProbeConfig,
+) -> Result<(StampKey, TcReason), TcReason> {
+    if cfg.enabled == 0 {
+        return Err(TcReason::Disabled);
+    }
+    let (l3, ethertype) = ethernet(f).map_err(|_| TcReason::Malformed)?;
+    let ip = match ip(f, l3, ethertype) {
+        Ok(ip) => ip,
+        Err(XdpReason::NotIp | XdpReason::Fragment) => return Err(TcReason::NotOurs),
+        Err(_) => return Err(TcReason::Malformed),
+    };
+    let l4 = ip.l4;
+    match ip.proto {
+        proto::TCP => {
+            let sport = be16(f, l4).ok_or(TcReason::Malformed)?;
+            let dport = be16(f, l4 + 2).ok_or(TcReason::Malformed)?;
+            let seq = be32(f, l4 + 4).ok_or(TcReason::Malformed)?;
+            let fl: u8 = f.load(l4 + 13).ok_or(TcReason::Malformed)?;
+            if !cfg.owns_port(sport) || fl & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+                return Err(TcReason::NotOurs);
+            }
+            Ok((
+                key(ip.family, ip.src, ip.dst, sport, dport, proto::TCP, seq),
+                TcReason::StampedSyn,
+            ))
+        }
+        proto::UDP => {
+            let sport = be16(f, l4).ok_or(TcReason::Malformed)?;
+            let dport = be16(f, l4 + 2).ok_or(TcReason::Malformed)?;
+            if !cfg.owns_port(sport) {
+                return Err(TcReason::NotOurs);
+            }
+            Ok((
+                key(ip.family, ip.src, ip.dst, sport, dport, proto::UDP, 0),
+                TcReason::StampedUdp,
+            ))
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let t: u8 = f.load(l4).ok_or(TcReason::Malformed)?;
+            let id = be16(f, l4 + 4).ok_or(TcReason::Malformed)?;
+            let seq = be16(f, l4 + 6).ok_or(TcReason::Malformed)?;
+            if !is_echo_request(ip.family, t) || id != cfg.icmp_id {
+                return Err(TcReason::NotOurs);
+            }
+            Ok((
+                key(ip.family, ip.src, ip.dst, id, seq, ip.proto, 0),
+                TcReason::StampedEcho,
+            ))
+        }
+        _ => Err(TcReason::NotOurs),
+    }
+}
