@@ -150,7 +150,7 @@ pub fn build(buf: &mut [u8], eth: Option<&Eth>, ip: &Ip<'_>, l4: &L4<'_>) -> Opt
         (L4::Icmp { .. }, _) => proto::ICMPV6,
     };
     let l3_len = if ip.family == family::V4 {
-        if ip.options.len() % 4 != 0 || ip.options.len() > 40 {
+        if !ip.options.len().is_multiple_of(4) || ip.options.len() > 40 {
             return None;
         }
         let hl = 20 + ip.options.len();
@@ -193,14 +193,14 @@ pub fn build(buf: &mut [u8], eth: Option<&Eth>, ip: &Ip<'_>, l4: &L4<'_>) -> Opt
             window,
             options,
         } => {
-            if options.len() % 4 != 0 || options.len() > 40 {
+            if !options.len().is_multiple_of(4) || options.len() > 40 {
                 return None;
             }
             t[0..2].copy_from_slice(&sport.to_be_bytes());
             t[2..4].copy_from_slice(&dport.to_be_bytes());
             t[4..8].copy_from_slice(&seq.to_be_bytes());
             t[8..12].copy_from_slice(&ack.to_be_bytes());
-            t[12] = ((20 + options.len()) / 4 << 4) as u8;
+            t[12] = (((20 + options.len()) / 4) << 4) as u8;
             t[13] = flags;
             t[14..16].copy_from_slice(&window.to_be_bytes());
             t[16..20].copy_from_slice(&[0; 4]);

@@ -18,9 +18,18 @@ use crate::{
 pub trait Frame {
     /// Read a `T` at byte offset `off`, or `None` if it would cross the end of the frame.
     fn load<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Length of the frame in bytes. Used for length-field checks, which compare
+    /// numbers instead of reading at a far offset (the verifier only tracks packet
+    /// ranges up to 64 KiB and dislikes large variable offsets).
+    fn frame_len(&self) -> usize;
 }
 
 impl Frame for [u8] {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len()
+    }
+
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
         let end = off.checked_add(core::mem::size_of::<T>())?;
@@ -48,25 +57,31 @@ pub mod tcp_flags {
 }
 
 #[inline(always)]
-fn be16<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u16> {
-    f.load::<[u8; 2]>(off).map(u16::from_be_bytes)
+fn be16_at(h: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([h[i], h[i + 1]])
 }
 
 #[inline(always)]
-fn be32<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u32> {
-    f.load::<[u8; 4]>(off).map(u32::from_be_bytes)
+fn be32_at(h: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]])
 }
 
 /// Offset of the L3 header and its ethertype, after at most two VLAN tags.
+///
+/// Every header is read as one fixed-size array first: a constant-size bounds check
+/// per header is what the verifier can follow; field reads then come from the copy.
 #[inline(always)]
 fn ethernet<F: Frame + ?Sized>(f: &F) -> Result<(usize, u16), Malformed> {
-    let mut ethertype = be16(f, 12).ok_or(Malformed::Eth)?;
+    let h: [u8; ETH_LEN] = f.load(0).ok_or(Malformed::Eth)?;
+    let mut ethertype = u16::from_be_bytes([h[12], h[13]]);
     let mut off = ETH_LEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = be16(f, off + 2).ok_or(Malformed::Eth)?;
+        let tag: [u8; 4] = f.load(off).ok_or(Malformed::Eth)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         off += 4;
         if ethertype == ETH_P_8021Q {
-            ethertype = be16(f, off + 2).ok_or(Malformed::Eth)?;
+            let tag: [u8; 4] = f.load(off).ok_or(Malformed::Eth)?;
+            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
             off += 4;
         }
     }
@@ -102,7 +117,7 @@ enum IpSkip {
 }
 
 #[inline(always)]
-fn v4addr(b: [u8; 4]) -> [u8; 16] {
+fn v4addr(b: &[u8]) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[0] = b[0];
     a[1] = b[1];
@@ -120,33 +135,35 @@ fn ipv4<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip
     } else {
         Malformed::Ipv4
     });
-    let vihl: u8 = f.load(off).ok_or(m)?;
-    if vihl >> 4 != 4 {
+    let h: [u8; 20] = f.load(off).ok_or(m)?;
+    if h[0] >> 4 != 4 {
         return Err(m);
     }
-    let hlen = usize::from(vihl & 0x0f) * 4;
+    let hlen = usize::from(h[0] & 0x0f) * 4;
     if hlen < 20 {
         return Err(m);
     }
-    // The whole header, options included, must be inside the frame.
-    f.load::<u8>(off + hlen - 1).ok_or(m)?;
-    let total = usize::from(be16(f, off + 2).ok_or(m)?);
+    // Options: the whole header must be inside the frame.
+    if hlen > 20 && f.load::<u8>(off + hlen - 1).is_none() {
+        return Err(m);
+    }
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if total < hlen {
         return Err(m);
     }
-    if !quoted && f.load::<u8>(off + total - 1).is_none() {
+    if !quoted && off + total > f.frame_len() {
         return Err(m);
     }
-    let frag = be16(f, off + 6).ok_or(m)?;
+    let frag = u16::from_be_bytes([h[6], h[7]]);
     if !quoted && frag & 0x3fff != 0 {
         return Err(IpSkip::Fragment);
     }
     Ok(Ip {
         family: family::V4,
-        ttl: f.load(off + 8).ok_or(m)?,
-        proto: f.load(off + 9).ok_or(m)?,
-        src: v4addr(f.load(off + 12).ok_or(m)?),
-        dst: v4addr(f.load(off + 16).ok_or(m)?),
+        ttl: h[8],
+        proto: h[9],
+        src: v4addr(&h[12..16]),
+        dst: v4addr(&h[16..20]),
         l4: off + hlen,
     })
 }
@@ -158,25 +175,26 @@ fn ipv6<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip
     } else {
         Malformed::Ipv6
     });
-    let v: u8 = f.load(off).ok_or(m)?;
-    if v >> 4 != 6 {
+    let h: [u8; 8] = f.load(off).ok_or(m)?;
+    let src: [u8; 16] = f.load(off + 8).ok_or(m)?;
+    let dst: [u8; 16] = f.load(off + 24).ok_or(m)?;
+    if h[0] >> 4 != 6 {
         return Err(m);
     }
-    f.load::<u8>(off + 39).ok_or(m)?;
-    let payload = usize::from(be16(f, off + 4).ok_or(m)?);
-    if !quoted && payload > 0 && f.load::<u8>(off + 40 + payload - 1).is_none() {
+    let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    if !quoted && off + 40 + payload > f.frame_len() {
         return Err(m);
     }
-    let next: u8 = f.load(off + 6).ok_or(m)?;
+    let next = h[6];
     if !quoted && next == proto::IPV6_FRAGMENT {
         return Err(IpSkip::Fragment);
     }
     Ok(Ip {
         family: family::V6,
         proto: next,
-        ttl: f.load(off + 7).ok_or(m)?,
-        src: f.load(off + 8).ok_or(m)?,
-        dst: f.load(off + 24).ok_or(m)?,
+        ttl: h[7],
+        src,
+        dst,
         l4: off + 40,
     })
 }
@@ -227,23 +245,55 @@ pub struct Answer {
     pub cookie_ok: bool,
 }
 
+impl Default for Answer {
+    fn default() -> Self {
+        Self {
+            class: AnswerClass::Open,
+            key: StampKey::default(),
+            reporter: [0; 16],
+            answer_seq: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            tcp_flags: 0,
+            ttl: 0,
+            cookie_ok: false,
+        }
+    }
+}
+
+/// Fill `k` in place (no temporaries: the XDP stack is 512 bytes in all).
 #[inline(always)]
-fn key(
-    ip_family: u8,
-    local: [u8; 16],
-    remote: [u8; 16],
+#[allow(clippy::too_many_arguments)]
+fn set_key(
+    k: &mut StampKey,
+    fam: u8,
+    local: &[u8; 16],
+    remote: &[u8; 16],
     lp: u16,
     rp: u16,
     pr: u8,
     seq: u32,
-) -> StampKey {
+) {
+    k.local = *local;
+    k.remote = *remote;
+    k.local_port = lp;
+    k.remote_port = rp;
+    k.proto = pr;
+    k.family = fam;
+    k._pad = [0; 2];
+    k.seq = seq;
+}
+
+/// The key of an egress probe.
+#[inline(always)]
+fn key(fam: u8, local: [u8; 16], remote: [u8; 16], lp: u16, rp: u16, pr: u8, seq: u32) -> StampKey {
     StampKey {
         local,
         remote,
         local_port: lp,
         remote_port: rp,
         proto: pr,
-        family: ip_family,
+        family: fam,
         _pad: [0; 2],
         seq,
     }
@@ -271,28 +321,50 @@ fn is_icmp_error(family: u8, t: u8) -> bool {
 /// The [`XdpReason`] that ends the frame's processing when it is not a valid answer.
 #[inline(always)]
 pub fn classify<F: Frame + ?Sized>(f: &F, cfg: &ProbeConfig) -> Result<Answer, XdpReason> {
+    let mut out = Answer::default();
+    classify_into(f, cfg, &mut out)?;
+    Ok(out)
+}
+
+/// [`classify`], writing the answer into `out` (which may be map memory: the XDP
+/// program keeps it off its small stack). `out` is only meaningful on `Ok`.
+///
+/// # Errors
+/// The [`XdpReason`] that ends the frame's processing when it is not a valid answer.
+#[inline(always)]
+pub fn classify_into<F: Frame + ?Sized>(
+    f: &F,
+    cfg: &ProbeConfig,
+    out: &mut Answer,
+) -> Result<(), XdpReason> {
     if cfg.enabled == 0 {
         return Err(XdpReason::Disabled);
     }
     let (l3, ethertype) = ethernet(f).map_err(malformed)?;
     let ip = ip(f, l3, ethertype)?;
     let l4 = ip.l4;
+    out.reporter = ip.src;
+    out.ttl = ip.ttl;
+    out.answer_seq = 0;
+    out.icmp_type = 0;
+    out.icmp_code = 0;
+    out.tcp_flags = 0;
+    out.cookie_ok = false;
     match ip.proto {
         proto::TCP => {
-            let sport = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
-            let dport = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
-            let seq = be32(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
-            let ack = be32(f, l4 + 8).ok_or(XdpReason::MalformedL4)?;
-            let doff: u8 = f.load(l4 + 12).ok_or(XdpReason::MalformedL4)?;
-            let fl: u8 = f.load(l4 + 13).ok_or(XdpReason::MalformedL4)?;
-            let hlen = usize::from(doff >> 4) * 4;
-            if hlen < 20 || f.load::<u8>(l4 + hlen - 1).is_none() {
+            let h: [u8; 20] = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            let sport = be16_at(&h, 0);
+            let dport = be16_at(&h, 2);
+            let ack = be32_at(&h, 8);
+            let fl = h[13];
+            let hlen = usize::from(h[12] >> 4) * 4;
+            if hlen < 20 || (hlen > 20 && f.load::<u8>(l4 + hlen - 1).is_none()) {
                 return Err(XdpReason::MalformedL4);
             }
             if !cfg.owns_port(dport) {
                 return Err(XdpReason::NotOurs);
             }
-            let class = if fl & tcp_flags::RST != 0 {
+            out.class = if fl & tcp_flags::RST != 0 {
                 AnswerClass::Closed
             } else if fl & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK {
                 AnswerClass::Open
@@ -306,101 +378,100 @@ pub fn classify<F: Frame + ?Sized>(f: &F, cfg: &ProbeConfig) -> Result<Answer, X
             {
                 return Err(XdpReason::BadCookie);
             }
-            Ok(Answer {
-                class,
-                key: key(
-                    ip.family,
-                    ip.dst,
-                    ip.src,
-                    dport,
-                    sport,
-                    proto::TCP,
-                    probe_seq,
-                ),
-                reporter: ip.src,
-                answer_seq: seq,
-                icmp_type: 0,
-                icmp_code: 0,
-                tcp_flags: fl,
-                ttl: ip.ttl,
-                cookie_ok: true,
-            })
+            set_key(
+                &mut out.key,
+                ip.family,
+                &ip.dst,
+                &ip.src,
+                dport,
+                sport,
+                proto::TCP,
+                probe_seq,
+            );
+            out.answer_seq = be32_at(&h, 4);
+            out.tcp_flags = fl;
+            out.cookie_ok = true;
+            Ok(())
         }
         proto::UDP => {
-            let sport = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
-            let dport = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
-            f.load::<[u8; 4]>(l4 + 4).ok_or(XdpReason::MalformedL4)?;
+            let h: [u8; 8] = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            let sport = be16_at(&h, 0);
+            let dport = be16_at(&h, 2);
             if !cfg.owns_port(dport) {
                 return Err(XdpReason::NotOurs);
             }
-            Ok(Answer {
-                class: AnswerClass::UdpReply,
-                key: key(ip.family, ip.dst, ip.src, dport, sport, proto::UDP, 0),
-                reporter: ip.src,
-                answer_seq: 0,
-                icmp_type: 0,
-                icmp_code: 0,
-                tcp_flags: 0,
-                ttl: ip.ttl,
-                cookie_ok: false,
-            })
+            out.class = AnswerClass::UdpReply;
+            set_key(
+                &mut out.key,
+                ip.family,
+                &ip.dst,
+                &ip.src,
+                dport,
+                sport,
+                proto::UDP,
+                0,
+            );
+            Ok(())
         }
         proto::ICMP | proto::ICMPV6 => {
             // ICMP for IPv4 and ICMPv6 for IPv6 only.
             if (ip.proto == proto::ICMP) != (ip.family == family::V4) {
                 return Err(XdpReason::OtherL4);
             }
-            let t: u8 = f.load(l4).ok_or(XdpReason::MalformedL4)?;
-            let code: u8 = f.load(l4 + 1).ok_or(XdpReason::MalformedL4)?;
-            let id = be16(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
-            let seq = be16(f, l4 + 6).ok_or(XdpReason::MalformedL4)?;
+            let h: [u8; 8] = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            let (t, code) = (h[0], h[1]);
+            out.icmp_type = t;
+            out.icmp_code = code;
             if is_echo_reply(ip.family, t) {
+                let id = be16_at(&h, 4);
                 if id != cfg.icmp_id {
                     return Err(XdpReason::NotOurs);
                 }
-                return Ok(Answer {
-                    class: AnswerClass::EchoReply,
-                    key: key(ip.family, ip.dst, ip.src, id, seq, ip.proto, 0),
-                    reporter: ip.src,
-                    answer_seq: 0,
-                    icmp_type: t,
-                    icmp_code: code,
-                    tcp_flags: 0,
-                    ttl: ip.ttl,
-                    cookie_ok: false,
-                });
+                out.class = AnswerClass::EchoReply;
+                set_key(
+                    &mut out.key,
+                    ip.family,
+                    &ip.dst,
+                    &ip.src,
+                    id,
+                    be16_at(&h, 6),
+                    ip.proto,
+                    0,
+                );
+                return Ok(());
             }
             if !is_icmp_error(ip.family, t) {
                 return Err(XdpReason::NotOurs);
             }
-            quoted(f, cfg, &ip, t, code)
+            out.class = AnswerClass::Unreachable;
+            quoted(f, cfg, ip.family, l4 + 8, out)
         }
         _ => Err(XdpReason::OtherL4),
     }
 }
 
-/// An ICMP error: is the packet it quotes one of our probes?
+/// An ICMP error: is the packet it quotes (at `inner_off`) one of our probes? Fills
+/// `out.key` and `out.cookie_ok` from the quoted probe.
 #[inline(always)]
 fn quoted<F: Frame + ?Sized>(
     f: &F,
     cfg: &ProbeConfig,
-    outer: &Ip,
-    t: u8,
-    code: u8,
-) -> Result<Answer, XdpReason> {
-    let inner_off = outer.l4 + 8;
-    let inner = if outer.family == family::V4 {
+    fam: u8,
+    inner_off: usize,
+    out: &mut Answer,
+) -> Result<(), XdpReason> {
+    let inner = if fam == family::V4 {
         ipv4(f, inner_off, true)
     } else {
         ipv6(f, inner_off, true)
     }
     .map_err(|_| XdpReason::MalformedL4)?;
-    let l4 = inner.l4;
     // RFC 792 guarantees the first 8 bytes of the quoted transport header.
-    let a = be16(f, l4).ok_or(XdpReason::MalformedL4)?;
-    let b = be16(f, l4 + 2).ok_or(XdpReason::MalformedL4)?;
-    let c = be32(f, l4 + 4).ok_or(XdpReason::MalformedL4)?;
-    let (k, cookie_ok) = match inner.proto {
+    let h: [u8; 8] = f.load(inner.l4).ok_or(XdpReason::MalformedL4)?;
+    let a = be16_at(&h, 0);
+    let b = be16_at(&h, 2);
+    let c = be32_at(&h, 4);
+    match inner.proto {
         proto::TCP => {
             if !cfg.owns_port(a) {
                 return Err(XdpReason::NotOurs);
@@ -408,19 +479,32 @@ fn quoted<F: Frame + ?Sized>(
             if c != cookie(&cfg.cookie_key, &inner.src, &inner.dst, a, b) {
                 return Err(XdpReason::BadCookie);
             }
-            (
-                key(inner.family, inner.src, inner.dst, a, b, proto::TCP, c),
-                true,
-            )
+            set_key(
+                &mut out.key,
+                inner.family,
+                &inner.src,
+                &inner.dst,
+                a,
+                b,
+                proto::TCP,
+                c,
+            );
+            out.cookie_ok = true;
         }
         proto::UDP => {
             if !cfg.owns_port(a) {
                 return Err(XdpReason::NotOurs);
             }
-            (
-                key(inner.family, inner.src, inner.dst, a, b, proto::UDP, 0),
-                false,
-            )
+            set_key(
+                &mut out.key,
+                inner.family,
+                &inner.src,
+                &inner.dst,
+                a,
+                b,
+                proto::UDP,
+                0,
+            );
         }
         proto::ICMP | proto::ICMPV6 => {
             // The quoted echo request: type in the high byte of `a`, id and seq in `c`.
@@ -428,32 +512,20 @@ fn quoted<F: Frame + ?Sized>(
             if !is_echo_request(inner.family, (a >> 8) as u8) || id != cfg.icmp_id {
                 return Err(XdpReason::NotOurs);
             }
-            (
-                key(
-                    inner.family,
-                    inner.src,
-                    inner.dst,
-                    id,
-                    c as u16,
-                    inner.proto,
-                    0,
-                ),
-                false,
-            )
+            set_key(
+                &mut out.key,
+                inner.family,
+                &inner.src,
+                &inner.dst,
+                id,
+                c as u16,
+                inner.proto,
+                0,
+            );
         }
         _ => return Err(XdpReason::NotOurs),
-    };
-    Ok(Answer {
-        class: AnswerClass::Unreachable,
-        key: k,
-        reporter: outer.src,
-        answer_seq: 0,
-        icmp_type: t,
-        icmp_code: code,
-        tcp_flags: 0,
-        ttl: outer.ttl,
-        cookie_ok,
-    })
+    }
+    Ok(())
 }
 
 /// Classify an outgoing packet for the TC egress program: the stamp key of one of our
@@ -476,40 +548,44 @@ pub fn classify_egress<F: Frame + ?Sized>(
         Err(_) => return Err(TcReason::Malformed),
     };
     let l4 = ip.l4;
+    let (src, dst) = (ip.src, ip.dst);
     match ip.proto {
         proto::TCP => {
-            let sport = be16(f, l4).ok_or(TcReason::Malformed)?;
-            let dport = be16(f, l4 + 2).ok_or(TcReason::Malformed)?;
-            let seq = be32(f, l4 + 4).ok_or(TcReason::Malformed)?;
-            let fl: u8 = f.load(l4 + 13).ok_or(TcReason::Malformed)?;
+            let h: [u8; 14] = f.load(l4).ok_or(TcReason::Malformed)?;
+            let sport = be16_at(&h, 0);
+            let dport = be16_at(&h, 2);
+            let seq = be32_at(&h, 4);
+            let fl = h[13];
             if !cfg.owns_port(sport) || fl & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
                 return Err(TcReason::NotOurs);
             }
             Ok((
-                key(ip.family, ip.src, ip.dst, sport, dport, proto::TCP, seq),
+                key(ip.family, src, dst, sport, dport, proto::TCP, seq),
                 TcReason::StampedSyn,
             ))
         }
         proto::UDP => {
-            let sport = be16(f, l4).ok_or(TcReason::Malformed)?;
-            let dport = be16(f, l4 + 2).ok_or(TcReason::Malformed)?;
+            let h: [u8; 4] = f.load(l4).ok_or(TcReason::Malformed)?;
+            let sport = be16_at(&h, 0);
+            let dport = be16_at(&h, 2);
             if !cfg.owns_port(sport) {
                 return Err(TcReason::NotOurs);
             }
             Ok((
-                key(ip.family, ip.src, ip.dst, sport, dport, proto::UDP, 0),
+                key(ip.family, src, dst, sport, dport, proto::UDP, 0),
                 TcReason::StampedUdp,
             ))
         }
         proto::ICMP | proto::ICMPV6 => {
-            let t: u8 = f.load(l4).ok_or(TcReason::Malformed)?;
-            let id = be16(f, l4 + 4).ok_or(TcReason::Malformed)?;
-            let seq = be16(f, l4 + 6).ok_or(TcReason::Malformed)?;
+            let h: [u8; 8] = f.load(l4).ok_or(TcReason::Malformed)?;
+            let t = h[0];
+            let id = be16_at(&h, 4);
+            let seq = be16_at(&h, 6);
             if !is_echo_request(ip.family, t) || id != cfg.icmp_id {
                 return Err(TcReason::NotOurs);
             }
             Ok((
-                key(ip.family, ip.src, ip.dst, id, seq, ip.proto, 0),
+                key(ip.family, src, dst, id, seq, ip.proto, 0),
                 TcReason::StampedEcho,
             ))
         }

@@ -1,1 +1,6 @@
+//! Shared helpers of sonde's privileged integration tests (in `tests/tests/`).
+//!
+//! The lab harness itself (namespaces, veth pairs, process guards) lives in
+//! `sonde::lab`, because the `sonde demo` command uses it too.
 
+pub mod frames;

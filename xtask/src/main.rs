@@ -1,1 +1,78 @@
-fn main() {}
+//! sonde's developer tasks, run as `cargo xtask <task>` (alias in
+//! `.cargo/config.toml`).
+//!
+//! - `setup`: install what this machine lacks (apt packages, nightly +
+//!   rust-src, bpf-linker against nightly's libLLVM);
+//! - `build-ebpf`: build the kernel programs with nightly;
+//! - `test`: setup, build-ebpf, fmt, clippy, tests (what CI runs);
+//! - `demo`: build everything and run `sonde demo`;
+//! - `bench`: run a script from `bench/`.
+
+mod bench;
+mod bpf_linker;
+mod build;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sonde's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (idempotent; apt needs root).
+    Setup,
+    /// Build the eBPF object (target/bpfel-unknown-none/release/probe-ebpf).
+    BuildEbpf {
+        /// Print the command line instead of running it.
+        #[arg(long)]
+        print_only: bool,
+    },
+    /// Setup, build-ebpf, fmt, clippy, then cargo test.
+    Test {
+        /// Appended to `cargo test` (after `--`), e.g. `-- -p sonde -- --nocapture`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Setup, build everything, run `target/release/sonde demo ARGS...`.
+    Demo {
+        /// Passed to `sonde demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run bench/NAME.sh, or list the benchmarks without NAME.
+    Bench {
+        /// Benchmark name (bench/NAME.sh).
+        name: Option<String>,
+        /// Passed to the script (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { print_only } => build::build_ebpf(print_only).map(drop),
+        Task::Test { cargo_test_args } => test::run(cargo_test_args),
+        Task::Demo { args } => demo::run(args),
+        Task::Bench { name, args } => bench::run(name, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

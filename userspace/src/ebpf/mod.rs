@@ -1,0 +1,329 @@
+//! Loading, attaching and reading sonde's kernel programs (the `probe-ebpf` object).
+//!
+//! [`KernelProbes`] owns the loaded object: the XDP ingress classifier, the TC egress
+//! stamper, their maps, the answer ring buffer and the per-reason counters. Dropping it
+//! detaches both programs. [`availability`] says, before trying, whether eBPF can be used
+//! at all; when it cannot, the rest of sonde runs with userspace timestamps.
+
+mod error;
+mod testrun;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf,
+};
+pub use error::KernelError;
+use probe_common::{
+    config::ProbeConfig,
+    counters::{TcReason, XdpReason},
+    record::AnswerRecord,
+    MAP_CONFIG, MAP_EVENTS, MAP_TC_COUNTERS, MAP_XDP_COUNTERS, PROG_TC_EGRESS, PROG_XDP,
+};
+use tracing::{info, warn};
+
+/// The eBPF object embedded at build time, if `cargo xtask build-ebpf` had run.
+#[must_use]
+pub fn object() -> Option<&'static [u8]> {
+    #[cfg(sonde_ebpf_embedded)]
+    {
+        Some(aya::include_bytes_aligned!(env!("SONDE_EBPF_OBJ_PATH")))
+    }
+    #[cfg(not(sonde_ebpf_embedded))]
+    {
+        None
+    }
+}
+
+/// Whether the kernel programs can be used here; the error says why not.
+///
+/// # Errors
+/// Not embedded, not root, or no BTF.
+pub fn availability() -> Result<(), KernelError> {
+    if object().is_none() {
+        return Err(KernelError::NotEmbedded);
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Err(KernelError::NotPrivileged { uid });
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(KernelError::NoBtf);
+    }
+    Ok(())
+}
+
+/// How the XDP program ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver (native XDP).
+    Native,
+    /// Generic (SKB) mode, after native failed for the given reason.
+    Generic {
+        /// Why native mode was refused.
+        native_error: String,
+    },
+}
+
+/// Counter totals (summed over CPUs), indexed like the reason enums.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// XDP counters, index = [`XdpReason`] as u32.
+    pub xdp: Vec<u64>,
+    /// TC egress counters, index = [`TcReason`] as u32.
+    pub tc: Vec<u64>,
+}
+
+impl Counters {
+    /// Value of one XDP counter.
+    #[must_use]
+    pub fn xdp(&self, r: XdpReason) -> u64 {
+        self.xdp.get(r as usize).copied().unwrap_or(0)
+    }
+
+    /// Value of one TC counter.
+    #[must_use]
+    pub fn tc(&self, r: TcReason) -> u64 {
+        self.tc.get(r as usize).copied().unwrap_or(0)
+    }
+
+    /// Frames the XDP program has seen: the sum of its exclusive counters.
+    #[must_use]
+    pub fn xdp_frames(&self) -> u64 {
+        self.xdp.iter().take(XdpReason::EXCLUSIVE as usize).sum()
+    }
+
+    /// Difference `self - earlier`, counter by counter.
+    #[must_use]
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let sub = |a: &[u64], b: &[u64]| {
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| v.saturating_sub(b.get(i).copied().unwrap_or(0)))
+                .collect()
+        };
+        Counters {
+            xdp: sub(&self.xdp, &earlier.xdp),
+            tc: sub(&self.tc, &earlier.tc),
+        }
+    }
+}
+
+/// The loaded kernel programs and their maps.
+pub struct KernelProbes {
+    /// The loaded object; owns programs, links and the remaining maps.
+    ebpf: Ebpf,
+    /// Answers from XDP.
+    events: RingBuf<MapData>,
+    /// Interfaces we attached to, for logs and status.
+    attached: Vec<(String, XdpAttachMode)>,
+}
+
+impl KernelProbes {
+    /// Load the embedded object and both programs into the kernel (not attached yet).
+    ///
+    /// # Errors
+    /// [`KernelError`] naming what failed; a verifier refusal carries the verifier log.
+    pub fn load() -> Result<Self, KernelError> {
+        availability()?;
+        let bytes = object().ok_or(KernelError::NotEmbedded)?;
+        let mut ebpf = Ebpf::load(bytes).map_err(KernelError::Object)?;
+        for name in [PROG_XDP, PROG_TC_EGRESS] {
+            let prog = ebpf.program_mut(name).ok_or(KernelError::Missing {
+                kind: "program",
+                name,
+            })?;
+            let res = match prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => {
+                    return Err(KernelError::Missing {
+                        kind: "program",
+                        name,
+                    })
+                }
+            };
+            res.map_err(|source| KernelError::Load {
+                program: name,
+                source,
+            })?;
+        }
+        let events = ebpf.take_map(MAP_EVENTS).ok_or(KernelError::Missing {
+            kind: "map",
+            name: MAP_EVENTS,
+        })?;
+        let events = RingBuf::try_from(events).map_err(|source| KernelError::Map {
+            map: MAP_EVENTS,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            events,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Write the probe configuration (reserved ports, ICMP id, cookie key). Until this is
+    /// called both programs pass everything and count it as `disabled`.
+    ///
+    /// # Errors
+    /// The config map cannot be written.
+    pub fn set_config(&mut self, cfg: &ProbeConfig) -> Result<(), KernelError> {
+        let map = self.ebpf.map_mut(MAP_CONFIG).ok_or(KernelError::Missing {
+            kind: "map",
+            name: MAP_CONFIG,
+        })?;
+        let mut arr: Array<_, ProbeConfig> =
+            Array::try_from(map).map_err(|source| KernelError::Map {
+                map: MAP_CONFIG,
+                source,
+            })?;
+        arr.set(0, cfg, 0).map_err(|source| KernelError::Map {
+            map: MAP_CONFIG,
+            source,
+        })
+    }
+
+    /// Attach XDP (native, falling back to generic with the reason logged) and TC egress
+    /// to `iface`. Must run in the network namespace that holds `iface`.
+    ///
+    /// # Errors
+    /// Both XDP modes failed, or the TC program could not be attached.
+    pub fn attach(&mut self, iface: &str) -> Result<XdpAttachMode, KernelError> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_XDP)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: PROG_XDP,
+            })?;
+        let mode = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => XdpAttachMode::Native,
+            Err(native) => {
+                let native_error = error_chain(&native);
+                warn!(iface, error = %native_error, "native XDP refused, falling back to generic mode");
+                xdp.attach(iface, XdpMode::Skb)
+                    .map_err(|source| KernelError::Attach {
+                        program: PROG_XDP,
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
+                XdpAttachMode::Generic { native_error }
+            }
+        };
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            // EEXIST: a clsact qdisc is already there, which is what we need. With TCX
+            // (kernel >= 6.6) the qdisc is not needed at all, so only log other errors.
+            let reason = e.to_string();
+            if !reason.contains("exists") && !reason.contains("EEXIST") {
+                info!(iface, error = %reason, "clsact qdisc not added (not needed with TCX)");
+            }
+        }
+        let tcp: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TC_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: PROG_TC_EGRESS,
+            })?;
+        tcp.attach(iface, TcAttachType::Egress)
+            .map_err(|source| KernelError::Attach {
+                program: PROG_TC_EGRESS,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        info!(iface, mode = ?mode, "kernel programs attached");
+        self.attached.push((iface.to_owned(), mode.clone()));
+        Ok(mode)
+    }
+
+    /// Interfaces attached so far and their XDP mode.
+    #[must_use]
+    pub fn attached(&self) -> &[(String, XdpAttachMode)] {
+        &self.attached
+    }
+
+    /// Pop every answer record currently in the ring buffer.
+    pub fn drain(&mut self, mut f: impl FnMut(AnswerRecord)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<AnswerRecord>() {
+                // SAFETY: the kernel wrote a whole AnswerRecord (checked length);
+                // read_unaligned copes with the ring's 8-byte alignment either way.
+                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AnswerRecord>()) };
+                f(rec);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The ring buffer's fd, to wait on with poll/epoll/io_uring.
+    #[must_use]
+    pub fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// Wait until the ring buffer has data or `timeout` passes.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.events.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        r > 0
+    }
+
+    /// Current counter totals, summed over CPUs.
+    ///
+    /// # Errors
+    /// A counter map cannot be read.
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        Ok(Counters {
+            xdp: self.read_counters(MAP_XDP_COUNTERS, XdpReason::COUNT)?,
+            tc: self.read_counters(MAP_TC_COUNTERS, TcReason::COUNT)?,
+        })
+    }
+
+    fn read_counters(&self, name: &'static str, n: u32) -> Result<Vec<u64>, KernelError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(KernelError::Missing { kind: "map", name })?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| KernelError::Map { map: name, source })?;
+        (0..n)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|source| KernelError::Map { map: name, source })
+            })
+            .collect()
+    }
+
+    /// The loaded object, for test runs ([`testrun`]).
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// Format an error with its sources, one line.
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,66 @@
+//! Running the loaded XDP program on a given frame through `BPF_PROG_TEST_RUN`, without
+//! attaching it: the katran/cilium way to test verdicts, records and counters.
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use probe_common::PROG_XDP;
+
+use super::{KernelError, KernelProbes};
+
+impl KernelProbes {
+    /// Run the XDP program once on `frame`; returns its verdict (`XDP_*`).
+    ///
+    /// # Errors
+    /// The program is missing or the kernel refused the test run (e.g. a frame shorter
+    /// than an Ethernet header).
+    pub fn run_xdp(&mut self, frame: &[u8]) -> Result<u32, KernelError> {
+        let xdp: &mut Xdp = self
+            .ebpf_mut()
+            .program_mut(PROG_XDP)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: PROG_XDP,
+            })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        };
+        let res = xdp.test_run(opts).map_err(|source| KernelError::TestRun {
+            program: PROG_XDP,
+            source,
+        })?;
+        Ok(res.return_value)
+    }
+}
+
+impl KernelProbes {
+    /// Run the TC egress program once on `frame` (as if sent); returns its action.
+    ///
+    /// # Errors
+    /// The program is missing or the kernel refused the test run.
+    pub fn run_tc(&mut self, frame: &[u8]) -> Result<i32, KernelError> {
+        let tc: &mut aya::programs::SchedClassifier = self
+            .ebpf_mut()
+            .program_mut(probe_common::PROG_TC_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: probe_common::PROG_TC_EGRESS,
+            })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        };
+        let res = tc.test_run(opts).map_err(|source| KernelError::TestRun {
+            program: probe_common::PROG_TC_EGRESS,
+            source,
+        })?;
+        Ok(res.return_value as i32)
+    }
+}

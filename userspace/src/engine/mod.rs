@@ -1,0 +1,12 @@
+//! Firing probes and matching their answers.
+//!
+//! At this stage: stateless TCP SYN and ICMP echo probes sent through raw sockets
+//! ([`raw`]), answered through the XDP ring buffer and matched to the probe that caused
+//! them ([`round`]), from a reserved source-port range ([`ports`]).
+
+pub mod ports;
+pub mod raw;
+pub mod round;
+
+pub use ports::PortRange;
+pub use round::{Clock, Outcome, ProbeKind, ProbeResult, Round};

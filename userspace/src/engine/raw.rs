@@ -1,0 +1,182 @@
+//! Raw sockets for stateless probes: hand-built IPv4/IPv6 packets (`IPPROTO_RAW`, so we
+//! write the IP header ourselves and choose source port and sequence number).
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use probe_common::craft::{self, Ip, L4};
+
+/// `IPV6_HDRINCL` (linux/in6.h), not exported by libc for all targets.
+const IPV6_HDRINCL: libc::c_int = 36;
+
+/// A raw IPv4 and (when available) IPv6 socket pair for sending hand-built packets.
+pub struct RawSender {
+    /// AF_INET, IPPROTO_RAW (IP_HDRINCL implied).
+    v4: OwnedFd,
+    /// AF_INET6, IPPROTO_RAW with IPV6_HDRINCL; `None` if IPv6 is disabled.
+    v6: Option<OwnedFd>,
+    /// Scratch buffer packets are built into.
+    buf: [u8; 1500],
+}
+
+fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned immediately.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl RawSender {
+    /// Open the raw sockets (needs CAP_NET_RAW).
+    ///
+    /// # Errors
+    /// The IPv4 raw socket cannot be opened (usually: not root).
+    pub fn new() -> io::Result<Self> {
+        let v4 = raw_socket(libc::AF_INET)?;
+        let v6 = raw_socket(libc::AF_INET6).ok().and_then(|fd| {
+            let one: libc::c_int = 1;
+            // SAFETY: valid fd, option value is a c_int of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    IPV6_HDRINCL,
+                    (&raw const one).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            (r == 0).then_some(fd)
+        });
+        Ok(Self {
+            v4,
+            v6,
+            buf: [0; 1500],
+        })
+    }
+
+    /// Build `l4` from `local` to `remote` and send it.
+    ///
+    /// # Errors
+    /// Mixed address families, no IPv6 socket, or `sendto` failed.
+    pub fn send(&mut self, local: IpAddr, remote: IpAddr, l4: &L4<'_>) -> io::Result<()> {
+        let (fam, src, dst) = match (local, remote) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => (probe_common::family::V4, v4_bytes(l), v4_bytes(r)),
+            (IpAddr::V6(l), IpAddr::V6(r)) => (probe_common::family::V6, l.octets(), r.octets()),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "source and target address families differ",
+                ))
+            }
+        };
+        let ip = Ip {
+            family: fam,
+            src,
+            dst,
+            ttl: 64,
+            id: 0,
+            options: &[],
+        };
+        let n = craft::build(&mut self.buf, None, &ip, l4).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "probe does not fit in one packet",
+            )
+        })?;
+        let pkt = &self.buf[..n];
+        let r = match remote {
+            IpAddr::V4(r) => {
+                let sa = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(r.octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: valid fd, buffer and sockaddr of the stated sizes.
+                unsafe {
+                    libc::sendto(
+                        self.v4.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const sa).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                }
+            }
+            IpAddr::V6(r) => {
+                let fd = self.v6.as_ref().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::Unsupported, "no IPv6 raw socket")
+                })?;
+                // SAFETY: all-zero is a valid sockaddr_in6.
+                let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_addr.s6_addr = r.octets();
+                // SAFETY: valid fd, buffer and sockaddr of the stated sizes.
+                unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const sa).cast(),
+                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    )
+                }
+            }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// IPv4 address in the 16-byte form used by records (first four bytes).
+#[must_use]
+pub fn v4_bytes(a: Ipv4Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&a.octets());
+    b
+}
+
+/// Decode a record address of the given family.
+#[must_use]
+pub fn addr_from(family: u8, b: &[u8; 16]) -> IpAddr {
+    if family == probe_common::family::V4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+/// The local address the kernel would use to reach `target` (route lookup through a
+/// connected UDP socket; nothing is sent).
+///
+/// # Errors
+/// No route to `target`.
+pub fn source_for(target: IpAddr) -> io::Result<IpAddr> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()
+    } else {
+        "[::]:0".parse()
+    }
+    .map_err(|_| io::Error::other("bad bind address"))?;
+    let s = UdpSocket::bind(bind)?;
+    s.connect(SocketAddr::new(target, 9))?;
+    Ok(s.local_addr()?.ip())
+}
