@@ -107,6 +107,9 @@ struct Ip {
     ttl: u8,
     /// Offset of the transport header.
     l4: usize,
+    /// End of the IP datagram (its length field; the frame's end for a quote, which
+    /// is cut short by design). Ethernet padding beyond it is not part of the packet.
+    end: usize,
 }
 
 /// Why an IP header is not worth looking into.
@@ -165,6 +168,7 @@ fn ipv4<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip
         src: v4addr(&h[12..16]),
         dst: v4addr(&h[16..20]),
         l4: off + hlen,
+        end: if quoted { f.frame_len() } else { off + total },
     })
 }
 
@@ -196,6 +200,11 @@ fn ipv6<F: Frame + ?Sized>(f: &F, off: usize, quoted: bool) -> Result<Ip, IpSkip
         src,
         dst,
         l4: off + 40,
+        end: if quoted {
+            f.frame_len()
+        } else {
+            off + 40 + payload
+        },
     })
 }
 
@@ -315,6 +324,12 @@ fn is_icmp_error(family: u8, t: u8) -> bool {
     (family == family::V4 && (t == 3 || t == 11)) || (family == family::V6 && (t == 1 || t == 3))
 }
 
+/// ICMP goes with IPv4 and ICMPv6 with IPv6; any other pairing is not ours.
+#[inline(always)]
+fn icmp_matches_family(pr: u8, fam: u8) -> bool {
+    (pr == proto::ICMP) == (fam == family::V4)
+}
+
 /// Classify a received frame: an answer to one of our probes, or the reason it is not.
 ///
 /// # Errors
@@ -358,7 +373,10 @@ pub fn classify_into<F: Frame + ?Sized>(
             let ack = be32_at(&h, 8);
             let fl = h[13];
             let hlen = usize::from(h[12] >> 4) * 4;
-            if hlen < 20 || (hlen > 20 && f.load::<u8>(l4 + hlen - 1).is_none()) {
+            if hlen < 20
+                || l4 + hlen > ip.end
+                || (hlen > 20 && f.load::<u8>(l4 + hlen - 1).is_none())
+            {
                 return Err(XdpReason::MalformedL4);
             }
             if !cfg.owns_port(dport) {
@@ -395,6 +413,9 @@ pub fn classify_into<F: Frame + ?Sized>(
         }
         proto::UDP => {
             let h: [u8; 8] = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            if l4 + 8 > ip.end {
+                return Err(XdpReason::MalformedL4);
+            }
             let sport = be16_at(&h, 0);
             let dport = be16_at(&h, 2);
             if !cfg.owns_port(dport) {
@@ -415,10 +436,13 @@ pub fn classify_into<F: Frame + ?Sized>(
         }
         proto::ICMP | proto::ICMPV6 => {
             // ICMP for IPv4 and ICMPv6 for IPv6 only.
-            if (ip.proto == proto::ICMP) != (ip.family == family::V4) {
+            if !icmp_matches_family(ip.proto, ip.family) {
                 return Err(XdpReason::OtherL4);
             }
             let h: [u8; 8] = f.load(l4).ok_or(XdpReason::MalformedL4)?;
+            if l4 + 8 > ip.end {
+                return Err(XdpReason::MalformedL4);
+            }
             let (t, code) = (h[0], h[1]);
             out.icmp_type = t;
             out.icmp_code = code;
@@ -506,7 +530,7 @@ fn quoted<F: Frame + ?Sized>(
                 0,
             );
         }
-        proto::ICMP | proto::ICMPV6 => {
+        proto::ICMP | proto::ICMPV6 if icmp_matches_family(inner.proto, inner.family) => {
             // The quoted echo request: type in the high byte of `a`, id and seq in `c`.
             let id = (c >> 16) as u16;
             if !is_echo_request(inner.family, (a >> 8) as u8) || id != cfg.icmp_id {
@@ -551,7 +575,12 @@ pub fn classify_egress<F: Frame + ?Sized>(
     let (src, dst) = (ip.src, ip.dst);
     match ip.proto {
         proto::TCP => {
-            let h: [u8; 14] = f.load(l4).ok_or(TcReason::Malformed)?;
+            // The same header rules as for answers, so what is stamped could be matched.
+            let h: [u8; 20] = f.load(l4).ok_or(TcReason::Malformed)?;
+            let hlen = usize::from(h[12] >> 4) * 4;
+            if hlen < 20 || l4 + hlen > ip.end {
+                return Err(TcReason::Malformed);
+            }
             let sport = be16_at(&h, 0);
             let dport = be16_at(&h, 2);
             let seq = be32_at(&h, 4);
@@ -565,7 +594,10 @@ pub fn classify_egress<F: Frame + ?Sized>(
             ))
         }
         proto::UDP => {
-            let h: [u8; 4] = f.load(l4).ok_or(TcReason::Malformed)?;
+            let h: [u8; 8] = f.load(l4).ok_or(TcReason::Malformed)?;
+            if l4 + 8 > ip.end {
+                return Err(TcReason::Malformed);
+            }
             let sport = be16_at(&h, 0);
             let dport = be16_at(&h, 2);
             if !cfg.owns_port(sport) {
@@ -578,6 +610,12 @@ pub fn classify_egress<F: Frame + ?Sized>(
         }
         proto::ICMP | proto::ICMPV6 => {
             let h: [u8; 8] = f.load(l4).ok_or(TcReason::Malformed)?;
+            if l4 + 8 > ip.end {
+                return Err(TcReason::Malformed);
+            }
+            if !icmp_matches_family(ip.proto, ip.family) {
+                return Err(TcReason::NotOurs);
+            }
             let t = h[0];
             let id = be16_at(&h, 4);
             let seq = be16_at(&h, 6);

@@ -1772,6 +1772,68 @@ fn malformed_headers() {
     run(&table);
 }
 
+/// The transport header is part of the IP datagram: bytes after the IPv4 total length
+/// (or the IPv6 payload length) are link-layer padding, not packet. A frame whose IP
+/// length ends before the transport header does, with the rest in the Ethernet trailer,
+/// is a truncated transport header (the kernel's own TCP/UDP input drops it after
+/// trimming the skb to the IP length), even though the frame itself is long enough.
+#[test]
+fn transport_header_must_lie_inside_the_ip_datagram() {
+    // Shrink the IP length field only: the frame keeps every byte, as if padded.
+    let shrink = |f: Vec<u8>, l4_bytes: u16| -> Vec<u8> {
+        if f[12..14] == [0x08, 0x00] {
+            let hl = u16::from(f[L3] & 0x0f) * 4;
+            ipv4_total(f, hl + l4_bytes)
+        } else {
+            patch(f, L3 + 4, &l4_bytes.to_be_bytes())
+        }
+    };
+    let table = [
+        case(
+            "IPv4 total length 20, SYN-ACK in the padding: malformed l4",
+            shrink(good_syn_ack(V4, OUR_PORT, TCP_PORT), 0),
+            Err(XdpReason::MalformedL4),
+        ),
+        case(
+            "IPv4 total length ends inside the TCP header: malformed l4",
+            shrink(good_syn_ack(V4, OUR_PORT, TCP_PORT), 16),
+            Err(XdpReason::MalformedL4),
+        ),
+        case(
+            "IPv4 total length ends inside the UDP header: malformed l4",
+            shrink(udp_reply(V4, OUR_PORT, UDP_PORT), 4),
+            Err(XdpReason::MalformedL4),
+        ),
+        case(
+            "IPv4 total length ends inside the ICMP header: malformed l4",
+            shrink(echo_reply(V4, ICMP_ID, 1), 4),
+            Err(XdpReason::MalformedL4),
+        ),
+        case(
+            "IPv6 payload length 0, SYN-ACK in the padding: malformed l4",
+            shrink(good_syn_ack(V6, OUR_PORT, TCP_PORT), 0),
+            Err(XdpReason::MalformedL4),
+        ),
+        case(
+            "IPv6 payload length ends inside the UDP header: malformed l4",
+            shrink(udp_reply(V6, OUR_PORT, UDP_PORT), 6),
+            Err(XdpReason::MalformedL4),
+        ),
+        // The complement: padding after a complete datagram is ignored.
+        case(
+            "complete SYN-ACK followed by padding: open",
+            pad(good_syn_ack(V4, OUR_PORT, TCP_PORT), 80),
+            Ok(open(V4, OUR_PORT, TCP_PORT)),
+        ),
+        case(
+            "IPv4 total length covering exactly the UDP header: udp reply",
+            shrink(udp_reply(V4, OUR_PORT, UDP_PORT), 8),
+            Ok(udp_answer(V4, OUR_PORT, UDP_PORT)),
+        ),
+    ];
+    run(&table);
+}
+
 /// Every strict prefix of a valid frame fails at the layer it cuts: before the L3 header
 /// it is a malformed Ethernet header, after it the IP length no longer fits.
 #[test]

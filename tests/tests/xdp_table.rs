@@ -550,6 +550,18 @@ fn rows() -> Vec<Row> {
             record: None,
         },
         Row {
+            what: "IP total length ends before the TCP header (rest in padding)",
+            frame: {
+                let mut f = syn_ack(us, them, 61000, 80);
+                f[16] = 0;
+                f[17] = 20;
+                f
+            },
+            verdict: XDP_PASS,
+            reason: XdpReason::MalformedL4,
+            record: None,
+        },
+        Row {
             what: "TCP data offset < 5",
             frame: {
                 let mut f = syn_ack(us, them, 61000, 80);

@@ -5,6 +5,7 @@
 //! - [`engine`]: firing probes and matching their answers.
 //! - [`lab`]: test hosts (network namespaces and veth pairs) for tests and the demo.
 
+pub mod cli;
 pub mod ebpf;
 pub mod engine;
 pub mod lab;

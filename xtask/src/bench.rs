@@ -58,3 +58,19 @@ fn list(available: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lists_shell_scripts_by_name() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["syn.sh", "connect.sh", "notes.txt"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let found = super::scripts(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, ["connect", "syn"]);
+        assert!(super::scripts(&dir).unwrap().is_empty());
+    }
+}

@@ -18,8 +18,10 @@
 //! userspace crate's build.rs embeds that object when it exists, so it must
 //! emit `cargo:rerun-if-changed=<that path>`: then the next
 //! `cargo build -p sonde` picks up a new object by itself, and this task
-//! touches nothing else.
+//! touches nothing else. (With `CARGO_TARGET_DIR` set, `test` and `demo`
+//! pass the object's path to it as `SONDE_EBPF_OBJ`.)
 
+use std::env;
 use std::fs;
 use std::path::PathBuf;
 
@@ -42,17 +44,37 @@ pub fn ebpf_object() -> PathBuf {
         .join(EBPF_PACKAGE)
 }
 
-/// The nightly cargo command that builds the eBPF object.
-pub fn ebpf_command() -> Cmd {
+/// `rustup run nightly cargo <subcommand> -p probe-ebpf` for the BPF target,
+/// release, with the eBPF rustflags, in the workspace root. Shared by the
+/// build and by `cargo xtask test`'s clippy step so both reuse one `core`.
+pub fn nightly_ebpf_cargo(subcommand: &str) -> Cmd {
     Cmd::toolchain_neutral("rustup")
         .env_displayed_as(
             "CARGO_ENCODED_RUSTFLAGS",
             EBPF_RUSTFLAGS.join("\x1f"),
             &format!("'{}'", EBPF_RUSTFLAGS.join(" ")),
         )
-        .args(["run", "nightly", "cargo", "build", "-p", EBPF_PACKAGE])
+        .args(["run", "nightly", "cargo", subcommand, "-p", EBPF_PACKAGE])
         .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release"])
         .current_dir(&workspace_root())
+}
+
+/// The nightly cargo command that builds the eBPF object.
+pub fn ebpf_command() -> Cmd {
+    nightly_ebpf_cargo("build")
+}
+
+/// Points userspace's build.rs at the object (`SONDE_EBPF_OBJ`) when
+/// `CARGO_TARGET_DIR` moves it away from `<root>/target`, where that build.rs
+/// looks by default. Left unset otherwise, so plain `cargo build` and xtask
+/// runs see the same environment and do not rebuild `sonde` back and forth.
+pub fn with_ebpf_obj(cmd: Cmd) -> Cmd {
+    let moved = env::var_os("CARGO_TARGET_DIR").is_some_and(|d| !d.is_empty());
+    if moved && env::var_os("SONDE_EBPF_OBJ").is_none() {
+        cmd.env("SONDE_EBPF_OBJ", ebpf_object())
+    } else {
+        cmd
+    }
 }
 
 /// Builds the eBPF object and prints its path and size. With `print_only`,
@@ -82,4 +104,16 @@ pub fn build_ebpf(print_only: bool) -> Result<PathBuf> {
         size as f64 / 1024.0
     );
     Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ebpf_command_line() {
+        assert_eq!(
+            super::ebpf_command().shown(),
+            "CARGO_ENCODED_RUSTFLAGS='-C debuginfo=2 -C link-arg=--btf' rustup run nightly \
+             cargo build -p probe-ebpf --target bpfel-unknown-none -Z build-std=core --release"
+        );
+    }
 }

@@ -285,3 +285,16 @@ pub fn effective_uid() -> Result<u32> {
 pub fn report(item: &str, state: &str) {
     println!("  {item:<58} {state}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn quotes_only_when_needed() {
+        assert_eq!(quote("build-std=core"), "build-std=core");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+}

@@ -14,7 +14,7 @@ use crate::setup;
 pub fn run(args: Vec<String>) -> Result<()> {
     setup::run().context("demo: setup failed")?;
     build::build_ebpf(false).context("demo: build-ebpf failed")?;
-    Cmd::new("cargo")
+    build::with_ebpf_obj(Cmd::new("cargo"))
         .args(["build", "--release", "-p", "sonde"])
         .current_dir(&workspace_root())
         .run()

@@ -21,7 +21,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "sonde's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "sonde's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -74,5 +78,37 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Task {
+        Cli::try_parse_from(argv).expect("parses").task
+    }
+
+    #[test]
+    fn test_args_after_double_dash_are_kept_verbatim() {
+        let Task::Test { cargo_test_args } =
+            parse(&["xtask", "test", "--", "-p", "sonde", "--", "--nocapture"])
+        else {
+            panic!("not test");
+        };
+        assert_eq!(cargo_test_args, ["-p", "sonde", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn demo_and_bench_pass_args_through() {
+        let Task::Demo { args } = parse(&["xtask", "demo", "--targets", "3"]) else {
+            panic!("not demo");
+        };
+        assert_eq!(args, ["--targets", "3"]);
+        let Task::Bench { name, args } = parse(&["xtask", "bench", "syn", "--", "-n", "5"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(name.as_deref(), Some("syn"));
+        assert_eq!(args, ["-n", "5"]);
     }
 }

@@ -23,7 +23,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "procps",
-    "sonde-no-such-pkg",
 ];
 
 /// Runs every setup step in order, stopping at the first failure.

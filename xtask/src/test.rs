@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::build::{self, EBPF_PACKAGE, EBPF_TARGET};
+use crate::build::{self, EBPF_PACKAGE};
 use crate::cmd::{effective_uid, workspace_root, Cmd};
 use crate::setup;
 
@@ -86,24 +86,28 @@ pub fn run(cargo_test_args: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// `cargo` with the outer toolchain, in the workspace root.
+/// `cargo` with the outer toolchain, in the workspace root, told where the
+/// eBPF object is when needed.
 fn cargo() -> Cmd {
-    Cmd::new("cargo").current_dir(&workspace_root())
+    build::with_ebpf_obj(Cmd::new("cargo").current_dir(&workspace_root()))
 }
 
 /// Lints the eBPF crate for its target with nightly (it cannot build for the
-/// host). Uses the same flags as the build so nothing is rebuilt needlessly.
+/// host), with the build's flags so `core` and aya-ebpf are reused.
 fn clippy_ebpf() -> Result<()> {
-    Cmd::toolchain_neutral("rustup")
-        .args(["run", "nightly", "cargo", "clippy", "-p", EBPF_PACKAGE])
-        .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release"])
+    build::nightly_ebpf_cargo("clippy")
         .args(["--", "-D", "warnings"])
-        .current_dir(&workspace_root())
         .run()
 }
 
 /// `cargo test` over the host crates plus the caller's arguments.
 fn cargo_test(extra: Vec<String>) -> Result<()> {
+    cargo_test_command(extra).run()
+}
+
+/// The `cargo test` command line; `--workspace --exclude probe-ebpf` unless
+/// the caller names packages (before any second `--`).
+fn cargo_test_command(extra: Vec<String>) -> Cmd {
     let names_packages = extra
         .iter()
         .take_while(|a| *a != "--")
@@ -112,7 +116,7 @@ fn cargo_test(extra: Vec<String>) -> Result<()> {
     if !names_packages {
         cmd = cmd.args(["--workspace", "--exclude", EBPF_PACKAGE]);
     }
-    cmd.args(extra).run()
+    cmd.args(extra)
 }
 
 /// Says up front whether privileged tests will run, skip or fail.
@@ -135,5 +139,31 @@ fn summary(done: &[(&str, Duration)]) {
     println!("\nxtask test summary:");
     for (name, took) in done {
         println!("  {name:<12} ok   {:>7.1} s", took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn test_command_covers_host_crates_and_appends_args() {
+        let cmd = cargo_test_command(args(&["lab_", "--", "--nocapture"]));
+        assert!(cmd
+            .shown()
+            .ends_with("cargo test --workspace --exclude probe-ebpf lab_ -- --nocapture"));
+    }
+
+    #[test]
+    fn named_packages_replace_the_workspace() {
+        let cmd = cargo_test_command(args(&["-p", "sonde", "--", "--nocapture"]));
+        assert!(cmd.shown().ends_with("cargo test -p sonde -- --nocapture"));
+        // A `-p` meant for the test binaries does not count.
+        let cmd = cargo_test_command(args(&["--", "-p"]));
+        assert!(cmd.shown().contains("--workspace --exclude probe-ebpf"));
     }
 }
