@@ -9,7 +9,7 @@ use std::{
 
 use probe_common::counters::{TcReason, XdpReason};
 use sonde::{
-    cli::probe_session,
+    cli::{probe_session, AnswerPath},
     ebpf::{self, XdpAttachMode},
     engine::{Clock, Outcome, PortRange, ProbeKind},
     lab::{self, Lab},
@@ -48,12 +48,20 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
     let (mode, rounds) = lab
         .prober
         .run(move || {
-            let mut s = probe_session(&iface, PortRange::DEFAULT).expect("kernel session");
+            let mut s = probe_session(&iface, PortRange::DEFAULT, false).expect("kernel session");
             // Several rounds: source ports rotate, stamps are consumed, counters add up.
             let rounds: Vec<_> = (0..3)
                 .map(|_| s.probe(&targets, TIMEOUT).expect("probe round"))
                 .collect();
-            (s.mode.clone(), rounds)
+            (
+                match &s.path {
+                    AnswerPath::Kernel { mode, .. } => mode.clone(),
+                    AnswerPath::Userspace { reason, .. } => {
+                        panic!("kernel path expected: {reason}")
+                    }
+                },
+                rounds,
+            )
         })
         .expect("enter prober");
     assert_eq!(
@@ -160,4 +168,58 @@ fn without_the_rst_the_target_keeps_half_open_state() {
         assert!(s.is_err(), "the handshake cannot complete");
     });
     assert!(lab.target.syn_recv_count().expect("ss") >= 1);
+}
+
+#[test]
+fn userspace_fallback_classifies_the_same_answers() {
+    // Where eBPF cannot be used, the same classifier runs on an AF_PACKET socket and the
+    // results say they were timed in userspace.
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let listener: TcpListener = lab
+        .target
+        .run(|| TcpListener::bind("198.18.0.2:80"))
+        .expect("enter")
+        .expect("listen");
+    let targets = vec![
+        (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 80 }),
+        (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 81 }),
+        (ip("198.18.0.2"), ProbeKind::IcmpEcho),
+        (ip("198.18.0.3"), ProbeKind::IcmpEcho),
+    ];
+    let iface = lab.link.a.name.clone();
+    let (results, stats, counters, userspace) = lab
+        .prober
+        .run(move || {
+            let mut s = probe_session(&iface, PortRange::DEFAULT, true).expect("session");
+            let userspace = matches!(s.path, AnswerPath::Userspace { .. });
+            let (r, st, c) = s.probe(&targets, TIMEOUT).expect("round");
+            (r, st, c, userspace)
+        })
+        .expect("enter prober");
+    assert!(userspace, "forced userspace path");
+    let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Open,
+            Outcome::Closed,
+            Outcome::EchoReply,
+            Outcome::Timeout
+        ],
+        "{results:#?}"
+    );
+    for r in results.iter().filter(|r| r.outcome != Outcome::Timeout) {
+        assert_eq!(r.clock, Some(Clock::Userspace), "{r:?}");
+        assert!(r.rtt.is_some_and(|d| d < TIMEOUT));
+    }
+    assert_eq!(stats.matched, 3);
+    assert!(
+        counters.xdp.is_empty(),
+        "no kernel counters on the userspace path"
+    );
+    assert_eq!(lab.target.syn_recv_count().expect("ss"), 0);
+    drop(listener);
 }

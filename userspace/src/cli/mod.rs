@@ -7,7 +7,7 @@ mod table;
 
 use clap::{Parser, Subcommand};
 
-pub use probe::{probe_session, ProbeArgs, Session};
+pub use probe::{probe_session, AnswerPath, ProbeArgs, Session};
 
 /// sonde: distributed, eBPF/XDP-accelerated health checker.
 #[derive(Debug, Parser)]

@@ -9,9 +9,10 @@ use crate::{
     ebpf::{self, Counters, KernelProbes, XdpAttachMode},
     engine::{
         round::{new_config, parse_target, RoundStats},
-        PortRange, ProbeKind, ProbeResult, Round,
+        AnswerSource, PacketSource, PortRange, ProbeKind, ProbeResult, Round,
     },
 };
+use tracing::warn;
 
 /// Arguments of `sonde probe`.
 #[derive(Debug, Args)]
@@ -25,6 +26,9 @@ pub struct ProbeArgs {
     /// How long to wait for answers after the last probe, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// Do not load the kernel programs: time answers in userspace (for comparison).
+    #[arg(long)]
+    pub userspace: bool,
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -33,43 +37,97 @@ pub struct ProbeArgs {
     pub targets: Vec<(IpAddr, ProbeKind)>,
 }
 
-/// A loaded and attached kernel path with its probe sender.
-pub struct Session {
-    /// The kernel programs.
-    pub kernel: KernelProbes,
-    /// The probe sender.
-    pub round: Round,
-    /// How XDP was attached.
-    pub mode: XdpAttachMode,
+/// Where this session's answers come from.
+pub enum AnswerPath {
+    /// The kernel programs: XDP classifies, kernel timestamps.
+    Kernel {
+        /// The loaded and attached programs (boxed: far larger than the other variant).
+        probes: Box<KernelProbes>,
+        /// How XDP was attached.
+        mode: XdpAttachMode,
+    },
+    /// eBPF unusable here: the same classifier in userspace on an AF_PACKET socket.
+    Userspace {
+        /// The packet socket.
+        source: PacketSource,
+        /// Why the kernel path is not used.
+        reason: String,
+    },
 }
 
-/// Load the kernel programs, attach them to `iface`, reserve `ports` and open the raw
-/// sockets. Must run in the namespace that holds `iface`.
+/// A probe sender plus the path its answers come back on.
+pub struct Session {
+    /// Kernel or userspace answers.
+    pub path: AnswerPath,
+    /// The probe sender.
+    pub round: Round,
+}
+
+/// Set up probing on `iface`: load and attach the kernel programs (or, when eBPF cannot
+/// be used here or `force_userspace` is set, open the userspace fallback and say why),
+/// reserve `ports` and open the raw sockets. Must run in the namespace holding `iface`.
 ///
 /// # Errors
-/// eBPF unavailable or refused, attach failed, ports cannot be reserved, no raw socket.
-pub fn probe_session(iface: &str, ports: PortRange) -> Result<Session> {
-    let mut kernel = KernelProbes::load().map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e)))?;
+/// The kernel programs were refused or could not attach (the error carries the
+/// verifier log), ports cannot be reserved, or no raw socket (needs CAP_NET_RAW).
+pub fn probe_session(iface: &str, ports: PortRange, force_userspace: bool) -> Result<Session> {
     let cfg = new_config(ports);
-    kernel
-        .set_config(&cfg)
-        .map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e)))?;
-    let mode = kernel
-        .attach(iface)
-        .map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e)))?;
+    let unavailable = if force_userspace {
+        Some("userspace timestamps requested".to_owned())
+    } else {
+        ebpf::availability().err().map(|e| e.to_string())
+    };
+    let path = match unavailable {
+        Some(reason) => {
+            warn!(%reason, "kernel programs not used; answers are timed in userspace");
+            let source = PacketSource::open(iface, cfg).with_context(|| {
+                format!("opening a packet socket on {iface} (needs CAP_NET_RAW)")
+            })?;
+            AnswerPath::Userspace { source, reason }
+        }
+        None => {
+            let k = |e: ebpf::KernelError| anyhow::anyhow!(ebpf::error_chain(&e));
+            let mut probes = KernelProbes::load().map_err(k)?;
+            probes.set_config(&cfg).map_err(k)?;
+            let mode = probes.attach(iface).map_err(k)?;
+            AnswerPath::Kernel {
+                probes: Box::new(probes),
+                mode,
+            }
+        }
+    };
     ports.reserve().with_context(|| {
         format!("reserving source ports {ports} (net.ipv4.ip_local_reserved_ports)")
     })?;
     let round = Round::new(cfg).context("opening raw sockets (needs CAP_NET_RAW)")?;
-    Ok(Session {
-        kernel,
-        round,
-        mode,
-    })
+    Ok(Session { path, round })
 }
 
 impl Session {
-    /// Probe `targets` once; results, round stats and the counter deltas of the round.
+    /// One line saying which clock measures and why.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match &self.path {
+            AnswerPath::Kernel { mode, .. } => {
+                format!("kernel timestamps (XDP {})", super::table::mode_name(mode))
+            }
+            AnswerPath::Userspace { reason, .. } => {
+                format!("userspace timestamps (kernel programs not used: {reason})")
+            }
+        }
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        match &self.path {
+            AnswerPath::Kernel { probes, .. } => probes
+                .counters()
+                .map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e))),
+            AnswerPath::Userspace { .. } => Ok(Counters::default()),
+        }
+    }
+
+    /// Probe `targets` once; results, round stats and the kernel counter deltas of the
+    /// round (empty on the userspace path).
     ///
     /// # Errors
     /// Sending failed or counters cannot be read.
@@ -78,26 +136,19 @@ impl Session {
         targets: &[(IpAddr, ProbeKind)],
         timeout: Duration,
     ) -> Result<(Vec<ProbeResult>, RoundStats, Counters)> {
-        let before = self
-            .kernel
-            .counters()
-            .map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e)))?;
-        let results = self.round.run(&mut self.kernel, targets, timeout)?;
-        let after = self
-            .kernel
-            .counters()
-            .map_err(|e| anyhow::anyhow!(ebpf::error_chain(&e)))?;
+        let before = self.counters()?;
+        let source: &mut dyn AnswerSource = match &mut self.path {
+            AnswerPath::Kernel { probes, .. } => probes.as_mut(),
+            AnswerPath::Userspace { source, .. } => source,
+        };
+        let results = self.round.run(source, targets, timeout)?;
+        let after = self.counters()?;
         Ok((results, self.round.stats, after.since(&before)))
     }
 }
 
 pub(super) fn run(a: &ProbeArgs) -> Result<()> {
-    if let Err(e) = ebpf::availability() {
-        anyhow::bail!(
-            "stateless probes are answered through the kernel programs, which cannot be used here: {e}"
-        );
-    }
-    let mut s = probe_session(&a.iface, a.ports)?;
+    let mut s = probe_session(&a.iface, a.ports, a.userspace)?;
     let (results, stats, counters) = s.probe(&a.targets, Duration::from_millis(a.timeout_ms))?;
     if a.json {
         for r in &results {
@@ -105,9 +156,9 @@ pub(super) fn run(a: &ProbeArgs) -> Result<()> {
         }
     } else {
         println!(
-            "kernel path on {} (XDP {}), ports {}",
+            "probing from {} with {}, ports {}",
             a.iface,
-            super::table::mode_name(&s.mode),
+            s.describe(),
             a.ports
         );
         super::table::print_results(&results);

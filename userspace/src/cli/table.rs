@@ -78,6 +78,10 @@ pub(super) fn print_summary(stats: &RoundStats, c: &Counters) {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if c.xdp.is_empty() {
+        println!("kernel counters: n/a (userspace path)");
+        return;
+    }
     println!(
         "xdp: {}",
         nonzero(

@@ -4,9 +4,11 @@
 //! ([`raw`]), answered through the XDP ring buffer and matched to the probe that caused
 //! them ([`round`]), from a reserved source-port range ([`ports`]).
 
+pub mod answers;
 pub mod ports;
 pub mod raw;
 pub mod round;
 
+pub use answers::{AnswerSource, PacketSource};
 pub use ports::PortRange;
 pub use round::{Clock, Outcome, ProbeKind, ProbeResult, Round};

@@ -23,10 +23,10 @@ use probe_common::{
 use serde::Serialize;
 
 use super::{
+    answers::AnswerSource,
     raw::{addr_from, source_for, v4_bytes, RawSender},
     PortRange,
 };
-use crate::ebpf::KernelProbes;
 
 /// What to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -276,7 +276,7 @@ impl Round {
     /// A probe could not be sent (no route, socket error).
     pub fn run(
         &mut self,
-        kernel: &mut KernelProbes,
+        source: &mut dyn AnswerSource,
         targets: &[(IpAddr, ProbeKind)],
         timeout: Duration,
     ) -> io::Result<Vec<ProbeResult>> {
@@ -314,9 +314,9 @@ impl Round {
             if now >= deadline {
                 break;
             }
-            kernel.wait(deadline - now);
+            source.wait(deadline - now);
             let seen_at = Instant::now();
-            kernel.drain(|r| answers.push((r, seen_at)));
+            source.drain(&mut |r| answers.push((r, seen_at)));
             for (rec, seen_at) in answers.drain(..) {
                 let Some(p) = pending.remove(&rec.key) else {
                     self.stats.unmatched += 1;

@@ -1,0 +1,186 @@
+//! Where answers come from: the kernel programs' ring buffer (kernel timestamps), or,
+//! where eBPF cannot be used, an `AF_PACKET` socket on the same interface running the
+//! same classifier in userspace (userspace timestamps). Both yield [`AnswerRecord`]s.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use probe_common::{
+    config::ProbeConfig,
+    parse::classify,
+    record::{flags, AnswerRecord},
+};
+
+use super::Clock;
+use crate::ebpf::KernelProbes;
+
+/// A source of classified answers.
+pub trait AnswerSource {
+    /// Wait until answers may be ready or `timeout` passes.
+    fn wait(&self, timeout: Duration) -> bool;
+    /// Hand every ready answer to `f`; returns how many.
+    fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize;
+    /// Which clock the records' times come from.
+    fn clock(&self) -> Clock;
+}
+
+impl AnswerSource for KernelProbes {
+    fn wait(&self, timeout: Duration) -> bool {
+        KernelProbes::wait(self, timeout)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
+        KernelProbes::drain(self, f)
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::Kernel
+    }
+}
+
+/// Userspace fallback: every frame arriving on one interface, classified by the same
+/// parser the XDP program uses. The kernel stack still sees the answers too.
+pub struct PacketSource {
+    /// AF_PACKET socket bound to the interface, non-blocking.
+    fd: OwnedFd,
+    /// What recognises our answers (ports, ICMP id, cookie key).
+    cfg: ProbeConfig,
+    /// Receive buffer (one frame).
+    buf: Vec<u8>,
+    /// Frames seen, answers found: for the caller's accounting.
+    pub frames: u64,
+}
+
+fn ifindex(iface: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
+    // SAFETY: valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {iface}"),
+        ));
+    }
+    Ok(i)
+}
+
+impl PacketSource {
+    /// Open an `AF_PACKET` socket on `iface` (needs CAP_NET_RAW).
+    ///
+    /// # Errors
+    /// No such interface, or the socket cannot be opened or bound.
+    pub fn open(iface: &str, cfg: ProbeConfig) -> io::Result<Self> {
+        let index = ifindex(iface)?;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the fd is owned immediately.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh valid fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero sockaddr_ll is valid; we set the fields bind needs.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = i32::try_from(index).unwrap_or(0);
+        // SAFETY: valid fd and sockaddr of the stated size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            fd,
+            cfg,
+            buf: vec![0; 65536],
+            frames: 0,
+        })
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl AnswerSource for PacketSource {
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&raw mut pfd, 1, ms) > 0 }
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
+        let mut n = 0;
+        loop {
+            // SAFETY: all-zero sockaddr_ll is valid as an out-parameter.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: valid fd, buffer and address out-parameters.
+            let r = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &raw mut len,
+                )
+            };
+            let Ok(size) = usize::try_from(r) else { break };
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            self.frames += 1;
+            if let Ok(a) = classify(&self.buf[..size], &self.cfg) {
+                f(AnswerRecord {
+                    rx_ns: monotonic_ns(),
+                    tx_ns: 0,
+                    rtt_ns: 0,
+                    key: a.key,
+                    reporter: a.reporter,
+                    answer_seq: a.answer_seq,
+                    class: a.class as u8,
+                    icmp_type: a.icmp_type,
+                    icmp_code: a.icmp_code,
+                    tcp_flags: a.tcp_flags,
+                    flags: if a.cookie_ok { flags::COOKIE_OK } else { 0 },
+                    ttl: a.ttl,
+                    _pad: [0; 2],
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::Userspace
+    }
+}
