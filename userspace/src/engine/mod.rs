@@ -7,7 +7,9 @@
 pub mod answers;
 pub mod ports;
 pub mod raw;
+pub mod result;
 pub mod round;
+pub mod spec;
 
 pub use answers::{AnswerSource, PacketSource};
 pub use ports::PortRange;

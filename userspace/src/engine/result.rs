@@ -1,0 +1,130 @@
+//! The typed result of one probe, sent from the engine to the health layer.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{spec::CheckId, Clock};
+
+/// Why a probe succeeded or failed, precise enough for an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    /// Healthy answer (SYN-ACK, connect, expected HTTP/UDP/DNS answer, echo reply).
+    Ok,
+    /// No answer before the timeout.
+    Timeout,
+    /// Connection refused / TCP RST.
+    Refused,
+    /// ICMP error (unreachable, time exceeded) for the probe.
+    Unreachable {
+        /// ICMP type.
+        icmp_type: u8,
+        /// ICMP code.
+        icmp_code: u8,
+    },
+    /// The connection was reset or closed before a complete answer.
+    ConnectionClosed {
+        /// At which point ("connect", "send", "headers", "body", "tls").
+        phase: &'static str,
+    },
+    /// HTTP status not in the accepted set.
+    Status {
+        /// The status received.
+        code: u16,
+    },
+    /// Body did not contain the expected substring or match the regex.
+    BodyMismatch,
+    /// The expected header was missing or had another value.
+    HeaderMismatch {
+        /// The header name.
+        name: String,
+    },
+    /// The answer was not valid HTTP/DNS/... (with what was wrong).
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// TLS handshake or certificate failure.
+    Tls {
+        /// What failed.
+        detail: String,
+    },
+    /// UDP answer did not start with the expected prefix.
+    PayloadMismatch,
+    /// DNS answered with another rcode.
+    DnsRcode {
+        /// The rcode received.
+        rcode: u8,
+    },
+    /// DNS answer did not contain the expected data.
+    DnsAnswerMismatch,
+    /// A local error (socket, budget) kept the probe from running.
+    Local {
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl Reason {
+    /// Whether this reason means the target is healthy.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Reason::Ok)
+    }
+
+    /// Short label for metrics (`outcome` label).
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::Timeout => "timeout",
+            Reason::Refused => "refused",
+            Reason::Unreachable { .. } => "unreachable",
+            Reason::ConnectionClosed { .. } => "connection_closed",
+            Reason::Status { .. } => "status",
+            Reason::BodyMismatch => "body_mismatch",
+            Reason::HeaderMismatch { .. } => "header_mismatch",
+            Reason::Protocol { .. } => "protocol",
+            Reason::Tls { .. } => "tls",
+            Reason::PayloadMismatch => "payload_mismatch",
+            Reason::DnsRcode { .. } => "dns_rcode",
+            Reason::DnsAnswerMismatch => "dns_answer_mismatch",
+            Reason::Local { .. } => "local",
+        }
+    }
+}
+
+/// Per-phase timings of a stateful probe (all from the probe's start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Phases {
+    /// TCP handshake done.
+    pub connect: Option<Duration>,
+    /// TLS handshake done.
+    pub tls: Option<Duration>,
+    /// First response byte received.
+    pub first_byte: Option<Duration>,
+    /// Whole exchange done.
+    pub total: Option<Duration>,
+}
+
+/// The result of one probe of one check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckResult {
+    /// The check.
+    pub check: CheckId,
+    /// Probe sequence number within the check (monotonic per engine).
+    pub seq: u64,
+    /// Healthy answer or why not.
+    pub reason: Reason,
+    /// Round-trip time (stateless) or total time (stateful), when answered.
+    pub rtt: Option<Duration>,
+    /// Which clock measured `rtt`.
+    pub clock: Clock,
+    /// Phase timings (stateful probes).
+    pub phases: Phases,
+    /// HTTP status, when one was received.
+    pub http_status: Option<u16>,
+    /// Days until the TLS certificate expires (negative: expired), HTTPS only.
+    pub cert_days_left: Option<i64>,
+}

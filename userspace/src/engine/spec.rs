@@ -1,0 +1,238 @@
+//! What a check is: its target, its probe kind with parameters, its timing and the
+//! thresholds that turn results into health. Parsed from TOML (`config`) or etcd,
+//! validated by constructors, executed by the engine, judged by `health`.
+
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// A check's unique id (cheap to clone; shared by the engine, health and the API).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CheckId(pub Arc<str>);
+
+impl CheckId {
+    /// Wrap a string.
+    #[must_use]
+    pub fn new(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+
+    /// The id as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CheckId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a check probes: an address (or host name, resolved at load) and a port
+/// (ignored by ICMP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// Host name or IP address as written by the operator.
+    pub host: String,
+    /// Resolved address.
+    pub addr: IpAddr,
+    /// Port (0 for ICMP).
+    pub port: u16,
+}
+
+/// PROXY protocol header sent before an HTTP request (HAProxy's spec).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Text header `PROXY TCP4 ...\r\n`.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// TLS parameters of an HTTPS check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSpec {
+    /// SNI server name; defaults to the target host when it is a name.
+    pub sni: Option<String>,
+    /// Verify the certificate chain and name (against the system roots or `ca_file`).
+    pub verify: bool,
+    /// PEM file of extra trust anchors.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// An inclusive range of acceptable HTTP status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRange {
+    /// Lowest accepted status.
+    pub lo: u16,
+    /// Highest accepted status.
+    pub hi: u16,
+}
+
+/// What makes an HTTP response healthy. Every given condition must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpExpect {
+    /// Accepted statuses (default 200-399).
+    pub statuses: Vec<StatusRange>,
+    /// The (bounded) body must contain this substring.
+    pub body_contains: Option<String>,
+    /// The (bounded) body must match this regular expression.
+    pub body_regex: Option<String>,
+    /// This header (case-insensitive name) must be present and contain this value.
+    pub header: Option<(String, String)>,
+}
+
+impl Default for HttpExpect {
+    fn default() -> Self {
+        Self {
+            statuses: vec![StatusRange { lo: 200, hi: 399 }],
+            body_contains: None,
+            body_regex: None,
+            header: None,
+        }
+    }
+}
+
+/// An HTTP or HTTPS check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    /// Request method (GET, HEAD, ...).
+    pub method: String,
+    /// Request path with query, starting with '/'.
+    pub path: String,
+    /// Host header; defaults to the target host.
+    pub host: Option<String>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Send a PROXY protocol header first.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// TLS (HTTPS) when set.
+    pub tls: Option<TlsSpec>,
+    /// Reuse the connection for the next probe of this check when the server allows it.
+    pub keepalive: bool,
+    /// Most body bytes read and matched; the rest is discarded (bounded memory).
+    pub max_body: usize,
+    /// What a healthy response looks like.
+    pub expect: HttpExpect,
+}
+
+/// A UDP check: send a payload, expect an answer starting with a prefix. An ICMP port
+/// unreachable means down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpSpec {
+    /// Datagram payload.
+    pub payload: Vec<u8>,
+    /// The answer must start with these bytes (empty: any answer is healthy).
+    pub expect_prefix: Vec<u8>,
+}
+
+/// A DNS check over UDP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSpec {
+    /// Name to query.
+    pub name: String,
+    /// Query type (1 = A, 28 = AAAA, 16 = TXT, ...).
+    pub qtype: u16,
+    /// Expected response code (0 = NOERROR).
+    pub expect_rcode: u8,
+    /// An answer record's data must equal this (address or text), if set.
+    pub expect_answer: Option<String>,
+}
+
+/// The probe a check runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeSpec {
+    /// Stateless SYN; open (SYN-ACK) is healthy. Answered through XDP.
+    TcpSyn,
+    /// Full handshake through the kernel.
+    TcpConnect,
+    /// HTTP or HTTPS request.
+    Http(Box<HttpSpec>),
+    /// ICMP/ICMPv6 echo.
+    Icmp,
+    /// UDP payload and expected answer.
+    Udp(UdpSpec),
+    /// DNS query.
+    Dns(DnsSpec),
+}
+
+impl ProbeSpec {
+    /// Short name of the kind.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeSpec::TcpSyn => "tcp_syn",
+            ProbeSpec::TcpConnect => "tcp_connect",
+            ProbeSpec::Http(h) if h.tls.is_some() => "https",
+            ProbeSpec::Http(_) => "http",
+            ProbeSpec::Icmp => "icmp",
+            ProbeSpec::Udp(_) => "udp",
+            ProbeSpec::Dns(_) => "dns",
+        }
+    }
+}
+
+/// How results become health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Thresholds {
+    /// HAProxy/Envoy style: healthy after `rise` consecutive successes, unhealthy after
+    /// `fall` consecutive failures.
+    Consecutive {
+        /// Successes in a row to become healthy (>= 1).
+        rise: u32,
+        /// Failures in a row to become unhealthy (>= 1).
+        fall: u32,
+    },
+    /// Fastly style: healthy while at least `threshold` of the last `window` results
+    /// succeeded.
+    Window {
+        /// Results considered (1..=64).
+        window: u32,
+        /// Successes needed among them (1..=window).
+        threshold: u32,
+    },
+}
+
+/// Health a check starts with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialState {
+    /// Unknown until thresholds are met (default).
+    #[default]
+    Unknown,
+    /// Assume healthy (traffic keeps flowing while the first probes run).
+    Healthy,
+    /// Assume unhealthy.
+    Unhealthy,
+}
+
+/// A complete, validated check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// Unique id.
+    pub id: CheckId,
+    /// What to probe.
+    pub target: Target,
+    /// How.
+    pub probe: ProbeSpec,
+    /// Time between probes while settled.
+    pub interval: Duration,
+    /// Time between probes while failing or changing state (<= interval).
+    pub fast_interval: Duration,
+    /// Per-probe timeout (< interval).
+    pub timeout: Duration,
+    /// Random spread of each interval, as a fraction of it (0.0..=0.5).
+    pub jitter: f64,
+    /// How results become health.
+    pub thresholds: Thresholds,
+    /// Health before the first verdict.
+    pub initial: InitialState,
+    /// Operator labels (for filters and metrics).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
