@@ -3,4 +3,6 @@
 //! The lab harness itself (namespaces, veth pairs, process guards) lives in
 //! `sonde::lab`, because the `sonde demo` command uses it too.
 
+pub mod checks;
 pub mod frames;
+pub mod servers;

@@ -1,0 +1,460 @@
+//! The io_uring probe engine: N worker threads, one io_uring each, fed jobs through a
+//! crossbeam channel and sending typed results back through another.
+//!
+//! Stateful probes (TCP connect, HTTP, UDP, DNS) are chains of connect / send / recv
+//! operations, each linked to an absolute timeout at the probe's deadline
+//! (IORING_OP_LINK_TIMEOUT with IORING_TIMEOUT_ABS), so a probe never outlives its
+//! timeout whatever phase it is in. Submissions are batched: a worker pushes every
+//! operation it can, then enters the kernel once; completions are reaped in batches.
+//! A worker with nothing in flight blocks on its job channel; one with work in
+//! flight blocks in io_uring and is woken for new jobs by an eventfd.
+
+mod slot;
+pub mod sys;
+
+use std::{
+    collections::VecDeque,
+    io,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use io_uring::{opcode, squeue, types, IoUring};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use self::{
+    slot::{Op, Slot},
+    sys::EventFd,
+};
+use super::{result::CheckResult, spec::CheckSpec};
+
+/// One probe to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The check (target, probe kind, timeout).
+    pub spec: Arc<CheckSpec>,
+    /// Sequence number, echoed in the result.
+    pub seq: u64,
+}
+
+/// Engine sizing.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Worker threads (default: number of cores).
+    pub threads: usize,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Probes in flight per worker; more wait in the worker's queue (counted as delayed).
+    pub max_in_flight: usize,
+    /// Jobs buffered per worker channel before `submit` blocks.
+    pub queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ring_entries: 1024,
+            max_in_flight: 4096,
+            queue: 65536,
+        }
+    }
+}
+
+/// Engine-wide counters (shared by all workers).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Probes started.
+    pub started: AtomicU64,
+    /// Probes finished (a result was sent).
+    pub finished: AtomicU64,
+    /// Probes that had to wait for an in-flight slot.
+    pub delayed_in_flight: AtomicU64,
+    /// Probes that could not get a socket (fd limit) and failed with `Local`.
+    pub socket_errors: AtomicU64,
+    /// io_uring_enter calls.
+    pub submits: AtomicU64,
+    /// Completions reaped.
+    pub completions: AtomicU64,
+}
+
+/// A plain snapshot of [`EngineStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineCounters {
+    /// Probes started.
+    pub started: u64,
+    /// Probes finished.
+    pub finished: u64,
+    /// Probes that waited for an in-flight slot.
+    pub delayed_in_flight: u64,
+    /// Socket creation failures.
+    pub socket_errors: u64,
+    /// io_uring_enter calls.
+    pub submits: u64,
+    /// Completions reaped.
+    pub completions: u64,
+}
+
+impl EngineStats {
+    /// Read all counters.
+    #[must_use]
+    pub fn snapshot(&self) -> EngineCounters {
+        EngineCounters {
+            started: self.started.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+            delayed_in_flight: self.delayed_in_flight.load(Ordering::Relaxed),
+            socket_errors: self.socket_errors.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            completions: self.completions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Wakes a worker blocked in io_uring when a job arrives.
+struct Waker {
+    /// The eventfd the worker polls through its ring.
+    fd: EventFd,
+    /// Set while the worker is (about to be) blocked in the kernel.
+    sleeping: AtomicBool,
+}
+
+/// Handle to a worker thread.
+struct WorkerHandle {
+    /// Job queue.
+    tx: Sender<Job>,
+    /// Its waker.
+    waker: Arc<Waker>,
+    /// The thread.
+    thread: JoinHandle<()>,
+}
+
+/// The running engine.
+pub struct Engine {
+    /// Workers; jobs are spread by sequence number.
+    workers: Vec<WorkerHandle>,
+    /// Results of every probe, in completion order.
+    results: Receiver<CheckResult>,
+    /// Shared counters.
+    stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Start the worker threads.
+    ///
+    /// # Errors
+    /// A ring or eventfd could not be created (e.g. io_uring disabled by sysctl).
+    pub fn start(cfg: &EngineConfig) -> io::Result<Self> {
+        let (rtx, rrx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(EngineStats::default());
+        let mut workers = Vec::with_capacity(cfg.threads.max(1));
+        for i in 0..cfg.threads.max(1) {
+            let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+            let waker = Arc::new(Waker {
+                fd: EventFd::new()?,
+                sleeping: AtomicBool::new(false),
+            });
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(1);
+            let (results, wk, st) = (rtx.clone(), Arc::clone(&waker), Arc::clone(&stats));
+            let (entries, max_in_flight) = (cfg.ring_entries, cfg.max_in_flight.max(1));
+            let thread = std::thread::Builder::new()
+                .name(format!("sonde-uring-{i}"))
+                .spawn(move || {
+                    // The ring is created on its own thread: with IORING_SETUP_SINGLE_ISSUER
+                    // only the creating task may submit, which saves the kernel locking.
+                    let ring = match IoUring::builder()
+                        .setup_single_issuer()
+                        .build(entries)
+                        .or_else(|_| IoUring::new(entries))
+                    {
+                        Ok(r) => {
+                            let _ = ready_tx.send(Ok(()));
+                            r
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let mut w = Worker {
+                        ring,
+                        rx,
+                        results,
+                        slots: Vec::new(),
+                        free: Vec::new(),
+                        queued: VecDeque::new(),
+                        in_flight: 0,
+                        max_in_flight,
+                        waker: wk,
+                        wake_armed: false,
+                        stats: st,
+                    };
+                    w.run();
+                })?;
+            ready_rx
+                .recv()
+                .map_err(|_| io::Error::other("engine worker died during start"))??;
+            workers.push(WorkerHandle { tx, waker, thread });
+        }
+        Ok(Self {
+            workers,
+            results: rrx,
+            stats,
+        })
+    }
+
+    /// Queue a probe (blocks if the worker's queue is full: back-pressure).
+    ///
+    /// # Errors
+    /// The worker has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        let n = self.workers.len() as u64;
+        let w = &self.workers[usize::try_from(job.seq % n).unwrap_or(0)];
+        w.tx.send(job).map_err(|e| e.0)?;
+        if w.waker.sleeping.swap(false, Ordering::AcqRel) {
+            w.waker.fd.wake();
+        }
+        Ok(())
+    }
+
+    /// The results channel.
+    #[must_use]
+    pub fn results(&self) -> &Receiver<CheckResult> {
+        &self.results
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> EngineCounters {
+        self.stats.snapshot()
+    }
+
+    /// Stop accepting jobs, let in-flight probes finish or time out, join the threads.
+    pub fn shutdown(self) {
+        let Engine { workers, .. } = self;
+        for w in workers {
+            drop(w.tx);
+            w.waker.fd.wake();
+            if w.thread.join().is_err() {
+                warn!("engine worker panicked");
+            }
+        }
+    }
+}
+
+/// User data of the eventfd poll.
+const WAKE: u64 = u64::MAX;
+
+/// One engine thread.
+struct Worker {
+    /// Its ring.
+    ring: IoUring,
+    /// Jobs in.
+    rx: Receiver<Job>,
+    /// Results out.
+    results: Sender<CheckResult>,
+    /// Probe state; boxed so addresses handed to the kernel stay put.
+    slots: Vec<Option<Box<Slot>>>,
+    /// Free slot indexes.
+    free: Vec<u32>,
+    /// Jobs waiting for an in-flight slot.
+    queued: VecDeque<Job>,
+    /// Slots in use.
+    in_flight: usize,
+    /// Cap on `in_flight`.
+    max_in_flight: usize,
+    /// Shared with the engine handle.
+    waker: Arc<Waker>,
+    /// Whether the eventfd poll is armed.
+    wake_armed: bool,
+    /// Counters.
+    stats: Arc<EngineStats>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut disconnected = false;
+        loop {
+            // Take jobs up to the in-flight cap.
+            while self.in_flight < self.max_in_flight {
+                let job = if let Some(j) = self.queued.pop_front() {
+                    j
+                } else {
+                    match self.rx.try_recv() {
+                        Ok(j) => j,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
+                };
+                self.start(job);
+            }
+            if self.in_flight >= self.max_in_flight {
+                // Drain the channel into the local queue so senders are not blocked
+                // and the delay is counted.
+                while let Ok(j) = self.rx.try_recv() {
+                    self.stats.delayed_in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.queued.push_back(j);
+                }
+            }
+            if self.in_flight == 0 && self.queued.is_empty() {
+                if disconnected {
+                    return;
+                }
+                match self.rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(j) => self.start(j),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => disconnected = true,
+                }
+                continue;
+            }
+            self.arm_wake();
+            self.waker.sleeping.store(true, Ordering::Release);
+            let want = if self.rx.is_empty() || self.in_flight >= self.max_in_flight {
+                1
+            } else {
+                0
+            };
+            let r = self.ring.submit_and_wait(want);
+            self.waker.sleeping.store(false, Ordering::Release);
+            self.stats.submits.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = r {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    warn!(error = %e, "io_uring_enter failed");
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let e = opcode::PollAdd::new(types::Fd(self.waker.fd.raw()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        self.push(&e);
+        self.wake_armed = true;
+    }
+
+    /// Push one SQE, submitting first if the queue is full.
+    fn push(&mut self, e: &squeue::Entry) {
+        loop {
+            // SAFETY: every pointer in our SQEs points into a boxed Slot (or the
+            // worker's waker) that outlives the operation: a slot is freed only after
+            // all its completions, including linked timeouts, were reaped.
+            if unsafe { self.ring.submission().push(e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                warn!(error = %err, "io_uring submit failed while the queue was full");
+            }
+            self.stats.submits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn alloc(&mut self, slot: Box<Slot>) -> u32 {
+        self.in_flight += 1;
+        if let Some(i) = self.free.pop() {
+            self.slots[i as usize] = Some(slot);
+            i
+        } else {
+            self.slots.push(Some(slot));
+            u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        let slot = match Slot::new(job) {
+            Ok(s) => s,
+            Err(result) => {
+                self.stats.socket_errors.fetch_add(1, Ordering::Relaxed);
+                self.finish_result(*result);
+                return;
+            }
+        };
+        let idx = self.alloc(slot);
+        let mut ops = Vec::with_capacity(2);
+        let slot = self.slots[idx as usize].as_mut().expect("just allocated");
+        slot.first_ops(idx, &mut ops);
+        self.push_ops(idx, ops);
+    }
+
+    fn push_ops(&mut self, idx: u32, ops: Vec<Op>) {
+        for op in ops {
+            let (entry, count) = {
+                let slot = self.slots[idx as usize].as_mut().expect("live slot");
+                slot.entries(idx, op)
+            };
+            for e in entry.iter().take(count) {
+                self.push(e);
+            }
+            if let Some(s) = self.slots[idx as usize].as_mut() {
+                s.outstanding += u32::try_from(count).unwrap_or(0);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut batch: Vec<(u64, i32)> = Vec::with_capacity(64);
+        loop {
+            batch.clear();
+            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if batch.is_empty() {
+                return;
+            }
+            self.stats
+                .completions
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for &(ud, res) in &batch {
+                if ud == WAKE {
+                    self.waker.fd.drain();
+                    self.wake_armed = false;
+                    continue;
+                }
+                let (idx, tag) = slot::decode(ud);
+                let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+                    debug!(idx, "completion for a freed slot");
+                    continue;
+                };
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+                let mut ops = Vec::new();
+                slot.complete(tag, res, &mut ops);
+                if !ops.is_empty() {
+                    self.push_ops(idx, ops);
+                }
+                self.maybe_free(idx);
+            }
+        }
+    }
+
+    fn maybe_free(&mut self, idx: u32) {
+        let done = self.slots[idx as usize]
+            .as_ref()
+            .is_some_and(|s| s.outstanding == 0 && s.is_done());
+        if !done {
+            return;
+        }
+        if let Some(mut slot) = self.slots[idx as usize].take() {
+            self.free.push(idx);
+            self.in_flight -= 1;
+            let r = slot.take_result();
+            self.finish_result(r);
+        }
+    }
+
+    fn finish_result(&self, r: CheckResult) {
+        self.stats.finished.fetch_add(1, Ordering::Relaxed);
+        // A closed results channel means nobody listens any more: drop quietly.
+        let _ = self.results.send(r);
+    }
+}
