@@ -48,7 +48,7 @@ impl AnswerClass {
 ///
 /// Addresses are 16 bytes; IPv4 uses the first four and leaves the rest zero.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StampKey {
     /// Our address (the probe's source).
     pub local: [u8; 16],

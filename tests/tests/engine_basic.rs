@@ -48,10 +48,13 @@ fn tcp_connect_and_udp_probes() {
     let engine = lab
         .prober
         .run(|| {
-            Engine::start(&EngineConfig {
-                threads: 2,
-                ..EngineConfig::default()
-            })
+            Engine::start(
+                &EngineConfig {
+                    threads: 2,
+                    ..EngineConfig::default()
+                },
+                None,
+            )
         })
         .expect("enter")
         .expect("engine");

@@ -24,11 +24,14 @@ fn no_fd_leak_after_100k_probes() {
     let engine = lab
         .prober
         .run(|| {
-            Engine::start(&EngineConfig {
-                threads: 2,
-                max_in_flight: 512,
-                ..EngineConfig::default()
-            })
+            Engine::start(
+                &EngineConfig {
+                    threads: 2,
+                    max_in_flight: 512,
+                    ..EngineConfig::default()
+                },
+                None,
+            )
         })
         .expect("enter")
         .expect("engine");

@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod ebpf;
 pub mod engine;
+pub mod health;
 pub mod lab;

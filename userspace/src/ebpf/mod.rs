@@ -6,16 +6,16 @@
 //! at all; when it cannot, the rest of sonde runs with userspace timestamps.
 
 mod error;
+mod events;
 mod testrun;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf,
 };
 pub use error::KernelError;
+pub use events::Events;
 use probe_common::{
     config::ProbeConfig,
     counters::{TcReason, XdpReason},
@@ -116,8 +116,8 @@ impl Counters {
 pub struct KernelProbes {
     /// The loaded object; owns programs, links and the remaining maps.
     ebpf: Ebpf,
-    /// Answers from XDP.
-    events: RingBuf<MapData>,
+    /// Answers from XDP (until taken by the engine).
+    events: Option<Events>,
     /// Interfaces we attached to, for logs and status.
     attached: Vec<(String, XdpAttachMode)>,
 }
@@ -161,7 +161,7 @@ impl KernelProbes {
         })?;
         Ok(Self {
             ebpf,
-            events,
+            events: Some(Events(events)),
             attached: Vec::new(),
         })
     }
@@ -248,38 +248,21 @@ impl KernelProbes {
         &self.attached
     }
 
-    /// Pop every answer record currently in the ring buffer.
-    pub fn drain(&mut self, mut f: impl FnMut(AnswerRecord)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<AnswerRecord>() {
-                // SAFETY: the kernel wrote a whole AnswerRecord (checked length);
-                // read_unaligned copes with the ring's 8-byte alignment either way.
-                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AnswerRecord>()) };
-                f(rec);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// The ring buffer's fd, to wait on with poll/epoll/io_uring.
-    #[must_use]
-    pub fn events_fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
+    /// Pop every answer record currently in the ring buffer (none once the events
+    /// reader was taken with [`KernelProbes::take_events`]).
+    pub fn drain(&mut self, f: impl FnMut(AnswerRecord)) -> usize {
+        self.events.as_mut().map_or(0, |e| e.drain(f))
     }
 
     /// Wait until the ring buffer has data or `timeout` passes.
     pub fn wait(&self, timeout: std::time::Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.events.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        r > 0
+        self.events.as_ref().is_some_and(|e| e.wait(timeout))
+    }
+
+    /// Move the ring-buffer reader out, e.g. to the engine thread that matches answers,
+    /// while this handle keeps the programs attached and the counters readable.
+    pub fn take_events(&mut self) -> Option<Events> {
+        self.events.take()
     }
 
     /// Current counter totals, summed over CPUs.

@@ -184,3 +184,17 @@ impl AnswerSource for PacketSource {
         Clock::Userspace
     }
 }
+
+impl AnswerSource for crate::ebpf::Events {
+    fn wait(&self, timeout: Duration) -> bool {
+        crate::ebpf::Events::wait(self, timeout)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
+        crate::ebpf::Events::drain(self, f)
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::Kernel
+    }
+}

@@ -10,6 +10,7 @@ pub mod raw;
 pub mod result;
 pub mod round;
 pub mod spec;
+pub mod stateless;
 pub mod uring;
 
 pub use answers::{AnswerSource, PacketSource};

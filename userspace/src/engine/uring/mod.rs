@@ -32,7 +32,12 @@ use self::{
     slot::{Op, Slot},
     sys::EventFd,
 };
-use super::{result::CheckResult, spec::CheckSpec};
+use super::{
+    answers::AnswerSource,
+    result::{CheckResult, Reason},
+    spec::{CheckSpec, ProbeSpec},
+};
+use probe_common::config::ProbeConfig;
 
 /// One probe to run.
 #[derive(Clone, Debug)]
@@ -134,10 +139,23 @@ struct WorkerHandle {
     thread: JoinHandle<()>,
 }
 
+/// What the stateless worker needs: where answers come from and the probe
+/// configuration the kernel programs were given.
+pub struct StatelessParts {
+    /// The XDP ring buffer, or the userspace fallback.
+    pub source: Box<dyn AnswerSource + Send>,
+    /// Ports, ICMP id and cookie key.
+    pub probe: ProbeConfig,
+}
+
 /// The running engine.
 pub struct Engine {
     /// Workers; jobs are spread by sequence number.
     workers: Vec<WorkerHandle>,
+    /// The stateless (SYN, ICMP) worker, when raw probing is set up.
+    stateless: Option<(Sender<Job>, JoinHandle<()>)>,
+    /// For results the engine produces itself (a probe kind it cannot run).
+    results_tx: Sender<CheckResult>,
     /// Results of every probe, in completion order.
     results: Receiver<CheckResult>,
     /// Shared counters.
@@ -149,7 +167,7 @@ impl Engine {
     ///
     /// # Errors
     /// A ring or eventfd could not be created (e.g. io_uring disabled by sysctl).
-    pub fn start(cfg: &EngineConfig) -> io::Result<Self> {
+    pub fn start(cfg: &EngineConfig, stateless: Option<StatelessParts>) -> io::Result<Self> {
         let (rtx, rrx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());
         let mut workers = Vec::with_capacity(cfg.threads.max(1));
@@ -201,8 +219,24 @@ impl Engine {
                 .map_err(|_| io::Error::other("engine worker died during start"))??;
             workers.push(WorkerHandle { tx, waker, thread });
         }
+        let stateless = match stateless {
+            Some(parts) => {
+                let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+                let h = super::stateless::spawn(
+                    parts.source,
+                    parts.probe,
+                    rx,
+                    rtx.clone(),
+                    Arc::clone(&stats),
+                )?;
+                Some((tx, h))
+            }
+            None => None,
+        };
         Ok(Self {
             workers,
+            stateless,
+            results_tx: rtx,
             results: rrx,
             stats,
         })
@@ -213,6 +247,24 @@ impl Engine {
     /// # Errors
     /// The worker has stopped.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
+        if matches!(job.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp) {
+            let Some((tx, _)) = &self.stateless else {
+                let detail = "stateless probes (tcp_syn, icmp) need raw sockets and an answer path; not set up".to_owned();
+                let r = CheckResult {
+                    check: job.spec.id.clone(),
+                    seq: job.seq,
+                    reason: Reason::Local { detail },
+                    rtt: None,
+                    clock: super::Clock::Userspace,
+                    phases: super::result::Phases::default(),
+                    http_status: None,
+                    cert_days_left: None,
+                };
+                let _ = self.results_tx.send(r);
+                return Ok(());
+            };
+            return tx.send(job).map_err(|e| e.0);
+        }
         let n = self.workers.len() as u64;
         let w = &self.workers[usize::try_from(job.seq % n).unwrap_or(0)];
         w.tx.send(job).map_err(|e| e.0)?;
@@ -236,7 +288,15 @@ impl Engine {
 
     /// Stop accepting jobs, let in-flight probes finish or time out, join the threads.
     pub fn shutdown(self) {
-        let Engine { workers, .. } = self;
+        let Engine {
+            workers, stateless, ..
+        } = self;
+        if let Some((tx, h)) = stateless {
+            drop(tx);
+            if h.join().is_err() {
+                warn!("stateless worker panicked");
+            }
+        }
         for w in workers {
             drop(w.tx);
             w.waker.fd.wake();

@@ -1,0 +1,125 @@
+//! Stateless probes through the engine: raw SYN and ICMP from the prober namespace,
+//! answered through the XDP ring buffer (kernel clock), matched and expired by the
+//! stateless worker.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use sonde::{
+    ebpf::{self, KernelProbes},
+    engine::{
+        result::Reason,
+        round::new_config,
+        spec::ProbeSpec,
+        uring::{Engine, EngineConfig, Job, StatelessParts},
+        Clock, PortRange,
+    },
+    lab::{self, Lab},
+};
+use sonde_tests::checks::check;
+
+#[test]
+fn syn_and_icmp_through_the_engine_with_kernel_clock() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    if let Err(e) = ebpf::availability() {
+        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = lab
+        .target
+        .run(|| TcpListener::bind("198.18.0.2:80"))
+        .expect("enter")
+        .expect("listen");
+    lab.target
+        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop")
+        .expect("nft");
+    let iface = lab.link.a.name.clone();
+    let (engine, kernel) = lab
+        .prober
+        .run(move || {
+            let cfg = new_config(PortRange::DEFAULT);
+            let mut k = KernelProbes::load().expect("load");
+            k.set_config(&cfg).expect("config");
+            k.attach(&iface).expect("attach");
+            PortRange::DEFAULT.reserve().expect("reserve ports");
+            let events = k.take_events().expect("events");
+            let parts = StatelessParts {
+                source: Box::new(events),
+                probe: cfg,
+            };
+            let e = Engine::start(
+                &EngineConfig {
+                    threads: 1,
+                    ..EngineConfig::default()
+                },
+                Some(parts),
+            )
+            .expect("engine");
+            (e, k)
+        })
+        .expect("enter prober");
+    let t = Duration::from_millis(400);
+    let specs = [
+        check("open", "198.18.0.2", 80, ProbeSpec::TcpSyn, t),
+        check("closed", "198.18.0.2", 81, ProbeSpec::TcpSyn, t),
+        check("silent", "198.18.0.2", 9, ProbeSpec::TcpSyn, t),
+        check("ping", "198.18.0.2", 0, ProbeSpec::Icmp, t),
+        check("nohost", "198.18.0.3", 0, ProbeSpec::Icmp, t),
+    ];
+    let before = kernel.counters().expect("counters");
+    let rounds = 20u64;
+    for round in 0..rounds {
+        for (i, s) in specs.iter().enumerate() {
+            engine
+                .submit(Job {
+                    spec: Arc::clone(s),
+                    seq: round * 10 + i as u64,
+                })
+                .expect("running");
+        }
+    }
+    let mut results: Vec<_> = (0..specs.len() as u64 * rounds)
+        .map(|_| {
+            engine
+                .results()
+                .recv_timeout(Duration::from_secs(5))
+                .expect("result")
+        })
+        .collect();
+    results.sort_by_key(|r| r.seq);
+    for r in &results {
+        let want = match r.check.as_str() {
+            "open" | "ping" => Reason::Ok,
+            "closed" => Reason::Refused,
+            _ => Reason::Timeout,
+        };
+        assert_eq!(r.reason, want, "{r:?}");
+        if r.reason == Reason::Timeout {
+            let total = r.phases.total.expect("total");
+            assert!(
+                total >= t && total < t + Duration::from_millis(10),
+                "{}: timeout after {total:?}",
+                r.check
+            );
+        } else {
+            assert_eq!(r.clock, Clock::Kernel, "{r:?}");
+            assert!(r.rtt.is_some_and(|d| d > Duration::ZERO && d < t));
+        }
+    }
+    let d = kernel.counters().expect("counters").since(&before);
+    assert_eq!(d.xdp(probe_common::counters::XdpReason::AnswerOpen), rounds);
+    assert_eq!(
+        d.xdp(probe_common::counters::XdpReason::AnswerClosed),
+        rounds
+    );
+    assert_eq!(d.xdp(probe_common::counters::XdpReason::AnswerEcho), rounds);
+    assert_eq!(d.xdp(probe_common::counters::XdpReason::NoStamp), 0);
+    assert_eq!(
+        lab.target.syn_recv_count().expect("ss"),
+        0,
+        "every SYN-ACK was reset"
+    );
+    engine.shutdown();
+}

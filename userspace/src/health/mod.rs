@@ -1,0 +1,227 @@
+//! The health layer: turns probe results into per-check health.
+//!
+//! Owns the state of every check's health and nothing else: no I/O, no timers, no
+//! clock reads besides one wall-clock read per created check (for display). Time is
+//! tokio's `Instant`, passed in, so the whole layer runs under paused test time.
+//!
+//! - [`state`]: the state machine of one check ([`CheckHealth`]): thresholds,
+//!   transitions, next probe interval, bounded history.
+//! - [`latency`]: per-phase HDR latency histograms.
+//! - [`ring`]: the bounded ring buffer behind the histories.
+//! - this module: [`HealthTable`], every check by id, and the serialisable
+//!   [`CheckStatus`] snapshot served to the CLI and API.
+//!
+//! # Replacing a spec
+//!
+//! [`HealthTable::replace`] keeps a check's state (health, counters, window, history,
+//! transitions, latency) when its probe definition, `target` and `probe`, is unchanged:
+//! timing (`interval`, `fast_interval`, `timeout`, `jitter`), `thresholds`, `initial`
+//! and `labels` may change without losing what is known. New thresholds apply from the
+//! next result (a state changes only on a result). If the target or the probe changed,
+//! the old results describe something else: the state is reset to a fresh one,
+//! starting at the new spec's `initial`.
+
+pub mod latency;
+pub mod ring;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+pub use latency::{LatencySummary, Phase, PhaseLatencies};
+pub use ring::Ring;
+pub use state::{CheckHealth, Health, HealthConfig, HistoryEntry, LastResult, Transition};
+
+use crate::engine::{
+    result::CheckResult,
+    spec::{CheckId, CheckSpec, Target},
+};
+
+/// Errors of [`HealthTable`] updates.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HealthError {
+    /// [`HealthTable::add`] of an id already present.
+    #[error("check {0} already exists")]
+    Duplicate(CheckId),
+}
+
+/// What [`HealthTable::replace`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// The id was new; a fresh state was created.
+    Added,
+    /// Same target and probe: the state was kept, the spec updated.
+    Kept,
+    /// Target or probe changed: the state was reset.
+    Reset,
+}
+
+/// Serialisable status of one check, as served to the CLI and API.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckStatus {
+    /// The check.
+    pub id: CheckId,
+    /// Current health.
+    pub state: Health,
+    /// Wall time the current state was entered, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The latest result, if any.
+    pub last_result: Option<LastResult>,
+    /// Successes in a row ending with the latest result.
+    pub consecutive_ok: u32,
+    /// Failures in a row ending with the latest result.
+    pub consecutive_fail: u32,
+    /// Latency percentiles per phase (successful results only).
+    pub latency: PhaseLatencies,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Probe kind ([`crate::engine::spec::ProbeSpec::kind`]).
+    pub kind: &'static str,
+    /// What is probed.
+    pub target: Target,
+}
+
+impl CheckHealth {
+    /// The serialisable status of this check.
+    #[must_use]
+    pub fn status(&self) -> CheckStatus {
+        let spec = self.spec();
+        CheckStatus {
+            id: spec.id.clone(),
+            state: self.state(),
+            since_unix_ms: state::unix_ms(self.since_wall()),
+            last_result: self.last_result().cloned(),
+            consecutive_ok: self.consecutive_ok(),
+            consecutive_fail: self.consecutive_fail(),
+            latency: self.latency(),
+            labels: spec.labels.clone(),
+            kind: spec.probe.kind(),
+            target: spec.target.clone(),
+        }
+    }
+}
+
+/// The health of every check, by id.
+#[derive(Clone, Debug, Default)]
+pub struct HealthTable {
+    checks: HashMap<CheckId, CheckHealth>,
+    config: HealthConfig,
+}
+
+impl HealthTable {
+    /// An empty table with default history sizes.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty table whose checks keep `config` history sizes.
+    #[must_use]
+    pub fn with_config(config: HealthConfig) -> Self {
+        Self {
+            checks: HashMap::new(),
+            config,
+        }
+    }
+
+    /// Add a check, starting at `spec.initial` at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`HealthError::Duplicate`] if the id is present (use [`HealthTable::replace`]).
+    pub fn add(&mut self, spec: CheckSpec, now: Instant) -> Result<(), HealthError> {
+        if self.checks.contains_key(&spec.id) {
+            return Err(HealthError::Duplicate(spec.id));
+        }
+        let health = CheckHealth::with_config(&spec, now, self.config);
+        self.checks.insert(spec.id, health);
+        Ok(())
+    }
+
+    /// Add or update a check. An existing check keeps its state if its target and
+    /// probe are unchanged, and is reset otherwise (see the module docs).
+    pub fn replace(&mut self, spec: CheckSpec, now: Instant) -> Replaced {
+        match self.checks.get_mut(&spec.id) {
+            Some(health)
+                if health.spec().target == spec.target && health.spec().probe == spec.probe =>
+            {
+                health.set_spec(spec);
+                Replaced::Kept
+            }
+            Some(health) => {
+                *health = CheckHealth::with_config(&spec, now, self.config);
+                Replaced::Reset
+            }
+            None => {
+                let health = CheckHealth::with_config(&spec, now, self.config);
+                self.checks.insert(spec.id, health);
+                Replaced::Added
+            }
+        }
+    }
+
+    /// Remove a check, returning its final state.
+    pub fn remove(&mut self, id: &CheckId) -> Option<CheckHealth> {
+        self.checks.remove(id)
+    }
+
+    /// Feed a result to its check; returns the transition it caused. A result for an
+    /// unknown id (e.g. a late answer of a removed check) is ignored.
+    pub fn apply(&mut self, result: &CheckResult, now: Instant) -> Option<Transition> {
+        match self.checks.get_mut(&result.check) {
+            Some(health) => health.observe(result, now),
+            None => {
+                tracing::debug!(check = %result.check, "result for unknown check ignored");
+                None
+            }
+        }
+    }
+
+    /// The state of one check.
+    #[must_use]
+    pub fn get(&self, id: &CheckId) -> Option<&CheckHealth> {
+        self.checks.get(id)
+    }
+
+    /// Time until the next probe of `id` ([`CheckHealth::next_interval`]).
+    #[must_use]
+    pub fn next_interval(&self, id: &CheckId) -> Option<std::time::Duration> {
+        self.checks.get(id).map(CheckHealth::next_interval)
+    }
+
+    /// Checks held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    /// Whether no check is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    /// Every check's state, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&CheckId, &CheckHealth)> {
+        self.checks.iter()
+    }
+
+    /// Status of one check.
+    #[must_use]
+    pub fn snapshot(&self, id: &CheckId) -> Option<CheckStatus> {
+        self.checks.get(id).map(CheckHealth::status)
+    }
+
+    /// Status of every check, sorted by id.
+    #[must_use]
+    pub fn snapshot_all(&self) -> Vec<CheckStatus> {
+        let mut all: Vec<CheckStatus> = self.checks.values().map(CheckHealth::status).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+}
