@@ -78,10 +78,7 @@ fn tcp_connect_and_udp_probes() {
     let jobs = specs
         .iter()
         .enumerate()
-        .map(|(i, s)| Job {
-            spec: Arc::clone(s),
-            seq: i as u64,
-        })
+        .map(|(i, s)| Job::new(Arc::clone(s), i as u64).expect("prepare"))
         .collect();
     let results = run_all(&engine, jobs);
     let reasons: Vec<(&str, &Reason)> = results

@@ -43,10 +43,7 @@ fn no_fd_leak_after_100k_probes() {
     // Warm up, then count fds.
     for i in 0..100 {
         engine
-            .submit(Job {
-                spec: Arc::clone(&specs[i % 2]),
-                seq: i as u64,
-            })
+            .submit(Job::new(Arc::clone(&specs[i % 2]), i as u64).expect("prepare"))
             .expect("running");
     }
     for _ in 0..100 {
@@ -61,14 +58,16 @@ fn no_fd_leak_after_100k_probes() {
     let mut producer = {
         let specs = specs.clone();
         let mut seq = 1000u64;
+        // Prepare once per check, as the daemon does, not once per probe.
+        let jobs: Vec<Job> = specs
+            .iter()
+            .map(|s| Job::new(Arc::clone(s), 0).expect("prepare"))
+            .collect();
         move |engine: &Engine| {
             for i in 0..total {
-                engine
-                    .submit(Job {
-                        spec: Arc::clone(&specs[(i % 2) as usize]),
-                        seq,
-                    })
-                    .expect("running");
+                let mut job = jobs[(i % 2) as usize].clone();
+                job.seq = seq;
+                engine.submit(job).expect("running");
                 seq += 1;
             }
         }

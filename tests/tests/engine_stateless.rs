@@ -73,10 +73,7 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
     for round in 0..rounds {
         for (i, s) in specs.iter().enumerate() {
             engine
-                .submit(Job {
-                    spec: Arc::clone(s),
-                    seq: round * 10 + i as u64,
-                })
+                .submit(Job::new(Arc::clone(s), round * 10 + i as u64).expect("prepare"))
                 .expect("running");
         }
     }

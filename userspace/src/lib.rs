@@ -6,6 +6,7 @@
 //! - [`lab`]: test hosts (network namespaces and veth pairs) for tests and the demo.
 
 pub mod cli;
+pub mod config;
 pub mod ebpf;
 pub mod engine;
 pub mod health;

@@ -5,12 +5,17 @@
 //! them ([`round`]), from a reserved source-port range ([`ports`]).
 
 pub mod answers;
+pub mod budget;
+pub mod dns;
+pub mod http;
 pub mod ports;
 pub mod raw;
 pub mod result;
 pub mod round;
+pub mod schedule;
 pub mod spec;
 pub mod stateless;
+pub mod tls;
 pub mod uring;
 
 pub use answers::{AnswerSource, PacketSource};

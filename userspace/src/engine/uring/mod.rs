@@ -9,8 +9,11 @@
 //! A worker with nothing in flight blocks on its job channel; one with work in
 //! flight blocks in io_uring and is woken for new jobs by an eventfd.
 
+mod prepared;
 mod slot;
 pub mod sys;
+
+pub use prepared::{PrepareError, Prepared};
 
 use std::{
     collections::VecDeque,
@@ -46,6 +49,27 @@ pub struct Job {
     pub spec: Arc<CheckSpec>,
     /// Sequence number, echoed in the result.
     pub seq: u64,
+    /// Compiled expectations and TLS configuration, prepared once per check.
+    pub prepared: Arc<Prepared>,
+}
+
+impl Job {
+    /// A job for `spec`, preparing it now (compiling its regex, building its TLS
+    /// configuration). Callers that run a check many times prepare once with
+    /// [`Prepared::new`] and build jobs with the shared result instead.
+    ///
+    /// # Errors
+    /// The check's regex or TLS configuration is refused.
+    pub fn new(spec: Arc<CheckSpec>, seq: u64) -> Result<Self, PrepareError> {
+        static TLS: std::sync::OnceLock<crate::engine::tls::TlsConfigs> =
+            std::sync::OnceLock::new();
+        let prepared = Arc::new(Prepared::new(&spec, TLS.get_or_init(Default::default))?);
+        Ok(Self {
+            spec,
+            seq,
+            prepared,
+        })
+    }
 }
 
 /// Engine sizing.

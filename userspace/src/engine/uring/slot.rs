@@ -15,10 +15,36 @@ use super::{
     Job,
 };
 use crate::engine::{
+    http::{
+        default_host, encode_proxy_header, encode_request, error_reason as http_error_reason,
+        judge, Limits, Progress, ResponseParser,
+    },
     result::{CheckResult, Phases, Reason},
-    spec::ProbeSpec,
-    Clock,
+    spec::{HttpSpec, ProbeSpec},
+    tls, Clock,
 };
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+
+fn judge_http(h: &mut HttpState, job: &Job) -> Reason {
+    let ProbeSpec::Http(spec) = &job.spec.probe else {
+        return Reason::Local {
+            detail: "not an HTTP check".into(),
+        };
+    };
+    let Some(resp) = h.parser.response() else {
+        return Reason::Protocol {
+            detail: "no complete response".into(),
+        };
+    };
+    h.status = Some(resp.status);
+    match &job.prepared.http {
+        Some(c) => judge(&spec.expect, c, resp),
+        None => Reason::Local {
+            detail: "check was not prepared".into(),
+        },
+    }
+}
 
 const TAG_CONNECT: u8 = 1;
 const TAG_SEND: u8 = 2;
@@ -57,6 +83,31 @@ enum Kind {
         /// Expected answer prefix.
         expect: Vec<u8>,
     },
+    /// DNS over UDP: a query with this id.
+    Dns {
+        /// Query id; answers with another id are ignored.
+        id: u16,
+    },
+    /// HTTP or HTTPS.
+    Http(Box<HttpState>),
+}
+
+/// State of an HTTP(S) exchange.
+struct HttpState {
+    /// Incremental response parser (bounded memory).
+    parser: ResponseParser,
+    /// The encoded request (plaintext; TLS encrypts it after the handshake).
+    request: Vec<u8>,
+    /// TLS session, for HTTPS.
+    tls: Option<rustls::ClientConnection>,
+    /// Whether the request was handed to TLS yet.
+    request_queued: bool,
+    /// Decrypted bytes not yet parsed.
+    plain: Vec<u8>,
+    /// HTTP status, once the head is parsed.
+    status: Option<u16>,
+    /// Days until the certificate expires.
+    cert_days: Option<i64>,
 }
 
 /// One probe in flight.
@@ -87,6 +138,50 @@ pub(super) struct Slot {
     verdict: Option<Reason>,
 }
 
+fn http_state(
+    job: &Job,
+    spec: &HttpSpec,
+    target: SocketAddr,
+) -> Result<(HttpState, Vec<u8>), Reason> {
+    let host = &job.spec.target.host;
+    let host_default = default_host(host, target.port(), spec.tls.is_some());
+    let mut request = Vec::with_capacity(256);
+    encode_request(spec, &host_default, &mut request)
+        .map_err(|e| local(format!("request: {e}")))?;
+    // The PROXY header needs our own address, known only after connect (see
+    // `http_connected`), so nothing is queued before the connection is up.
+    let out = Vec::new();
+    let tls =
+        match (&spec.tls, &job.prepared.tls) {
+            (Some(t), Some(cfg)) => {
+                let name = t.sni.clone().unwrap_or_else(|| host.clone());
+                let server = ServerName::try_from(name.clone())
+                    .or_else(|_| ServerName::try_from(job.spec.target.addr.to_string()))
+                    .map_err(|_| local(format!("tls: invalid server name {name:?}")))?;
+                let conn = rustls::ClientConnection::new(std::sync::Arc::clone(cfg), server)
+                    .map_err(|e| Reason::Tls {
+                        detail: e.to_string(),
+                    })?;
+                Some(conn)
+            }
+            (Some(_), None) => return Err(local("tls: check was not prepared".into())),
+            (None, _) => None,
+        };
+    let parser = ResponseParser::for_method(Limits::for_spec(spec), &spec.method);
+    Ok((
+        HttpState {
+            parser,
+            request,
+            tls,
+            request_queued: false,
+            plain: Vec::new(),
+            status: None,
+            cert_days: None,
+        },
+        out,
+    ))
+}
+
 fn local(detail: String) -> Reason {
     Reason::Local { detail }
 }
@@ -107,6 +202,19 @@ impl Slot {
                 },
                 u.payload.clone(),
             ),
+            ProbeSpec::Dns(d) => {
+                let id: u16 = rand::random();
+                let mut q = Vec::with_capacity(64);
+                if let Err(e) = crate::engine::dns::encode_query(id, &d.name, d.qtype, &mut q) {
+                    let r = crate::engine::dns::error_reason(&e);
+                    return Err(Box::new(result_of(&job, started, r, Phases::default())));
+                }
+                (libc::SOCK_DGRAM, Kind::Dns { id }, q)
+            }
+            ProbeSpec::Http(h) => match http_state(&job, h, target) {
+                Ok((st, out)) => (libc::SOCK_STREAM, Kind::Http(Box::new(st)), out),
+                Err(r) => return Err(Box::new(result_of(&job, started, r, Phases::default()))),
+            },
             other => {
                 let r = local(format!(
                     "the io_uring engine does not run {} probes",
@@ -145,8 +253,8 @@ impl Slot {
     /// The first operations of the probe.
     pub(super) fn first_ops(&mut self, _idx: u32, ops: &mut Vec<Op>) {
         match self.kind {
-            Kind::Connect => ops.push(Op::Connect),
-            Kind::Udp { .. } => {
+            Kind::Connect | Kind::Http(_) => ops.push(Op::Connect),
+            Kind::Udp { .. } | Kind::Dns { .. } => {
                 // UDP connect completes at once; it makes ICMP errors arrive as
                 // ECONNREFUSED on this socket.
                 let r = match &self.fd {
@@ -237,32 +345,40 @@ impl Slot {
                 self.phases.connect = Some(self.elapsed());
                 match self.kind {
                     Kind::Connect => self.decide(Reason::Ok),
-                    Kind::Udp { .. } => ops.push(Op::Send),
+                    Kind::Udp { .. } | Kind::Dns { .. } => ops.push(Op::Send),
+                    Kind::Http(_) => self.http_connected(ops),
                 }
             }
             TAG_SEND => {
                 self.out_off += usize::try_from(res).unwrap_or(0);
-                ops.push(if self.out_off < self.out.len() {
-                    Op::Send
+                if self.out_off >= self.out.len() {
+                    self.out.clear();
+                    self.out_off = 0;
+                    ops.push(Op::Recv);
                 } else {
-                    Op::Recv
-                });
+                    ops.push(Op::Send);
+                }
             }
             TAG_RECV => {
                 let n = usize::try_from(res).unwrap_or(0);
-                if self.phases.first_byte.is_none() {
+                let is_http = matches!(self.kind, Kind::Http(_));
+                if !is_http && self.phases.first_byte.is_none() {
                     self.phases.first_byte = Some(self.elapsed());
                 }
                 match &self.kind {
                     Kind::Udp { expect } => {
-                        let data = &self.inbuf[..n];
-                        let r = if data.starts_with(expect) {
+                        let r = if self.inbuf[..n].starts_with(expect) {
                             Reason::Ok
                         } else {
                             Reason::PayloadMismatch
                         };
                         self.decide(r);
                     }
+                    Kind::Dns { id } => {
+                        let id = *id;
+                        self.dns_answer(id, n, ops);
+                    }
+                    Kind::Http(_) => self.http_recv(n, ops),
                     Kind::Connect => self.decide(Reason::Ok),
                 }
             }
@@ -276,7 +392,125 @@ impl Slot {
             .verdict
             .take()
             .unwrap_or_else(|| local("probe ended without a verdict".into()));
-        result_of(&self.job, self.started, r, self.phases)
+        let mut res = result_of(&self.job, self.started, r, self.phases);
+        if let Kind::Http(h) = &self.kind {
+            res.http_status = h.status;
+            res.cert_days_left = h.cert_days;
+        }
+        res
+    }
+
+    fn dns_answer(&mut self, id: u16, n: usize, ops: &mut Vec<Op>) {
+        let ProbeSpec::Dns(d) = &self.job.spec.probe else {
+            return;
+        };
+        match crate::engine::dns::parse_response(&self.inbuf[..n], id, &d.name, d.qtype) {
+            Ok(resp) => {
+                let r = crate::engine::dns::judge(d, &resp);
+                self.decide(r);
+            }
+            // Not the answer to our query (another id): keep waiting until the deadline.
+            Err(e) if e.is_stray() => ops.push(Op::Recv),
+            Err(e) => {
+                let r = crate::engine::dns::error_reason(&e);
+                self.decide(r);
+            }
+        }
+    }
+
+    /// TCP is up: queue the PROXY header (now that our address is known), then the
+    /// TLS ClientHello or the plaintext request.
+    fn http_connected(&mut self, ops: &mut Vec<Op>) {
+        let ProbeSpec::Http(spec) = &self.job.spec.probe else {
+            return;
+        };
+        let proxy = spec.proxy_protocol;
+        let peer = SocketAddr::new(self.job.spec.target.addr, self.job.spec.target.port);
+        let local_addr = self.fd.as_ref().and_then(|fd| sys::local_addr(fd).ok());
+        let Kind::Http(h) = &mut self.kind else {
+            return;
+        };
+        self.out.clear();
+        self.out_off = 0;
+        if let (Some(v), Some(src)) = (proxy, local_addr) {
+            encode_proxy_header(v, src, peer, &mut self.out);
+        }
+        match h.tls.as_mut() {
+            Some(conn) => tls::drain_out(conn, &mut self.out),
+            None => {
+                self.out.extend_from_slice(&h.request);
+                h.request_queued = true;
+            }
+        }
+        ops.push(Op::Send);
+    }
+
+    /// Bytes (or EOF when `n == 0`) arrived on an HTTP(S) connection.
+    fn http_recv(&mut self, n: usize, ops: &mut Vec<Op>) {
+        let elapsed = self.elapsed();
+        let Kind::Http(h) = &mut self.kind else {
+            return;
+        };
+        let data = &self.inbuf[..n];
+        let mut verdict: Option<Reason> = None;
+        if let Some(conn) = h.tls.as_mut() {
+            if n == 0 {
+                if conn.is_handshaking() {
+                    verdict = Some(Reason::Tls {
+                        detail: "connection closed during the TLS handshake".into(),
+                    });
+                }
+            } else if let Err(e) = tls::feed(conn, data, &mut h.plain) {
+                verdict = Some(Reason::Tls {
+                    detail: e.to_string(),
+                });
+            } else {
+                if !conn.is_handshaking() && !h.request_queued {
+                    self.phases.tls = Some(elapsed);
+                    h.cert_days = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| tls::days_left(c, std::time::SystemTime::now()));
+                    if std::io::Write::write_all(&mut conn.writer(), &h.request).is_err() {
+                        verdict = Some(local("tls: request could not be queued".into()));
+                    }
+                    h.request_queued = true;
+                }
+                self.out.clear();
+                self.out_off = 0;
+                tls::drain_out(conn, &mut self.out);
+            }
+        } else if n > 0 {
+            h.plain.extend_from_slice(data);
+        }
+        if verdict.is_none() && (!h.plain.is_empty() || n == 0) {
+            if !h.plain.is_empty() && self.phases.first_byte.is_none() {
+                self.phases.first_byte = Some(elapsed);
+            }
+            let progress = if h.plain.is_empty() {
+                Ok(Progress::NeedMore)
+            } else {
+                h.parser.feed(&h.plain)
+            };
+            h.plain.clear();
+            verdict = match progress {
+                Ok(Progress::Done) => Some(judge_http(h, &self.job)),
+                Ok(Progress::NeedMore) if n == 0 => Some(match h.parser.finish_eof() {
+                    Ok(()) => judge_http(h, &self.job),
+                    Err(e) => http_error_reason(&e),
+                }),
+                Ok(Progress::NeedMore) => None,
+                Err(e) => Some(http_error_reason(&e)),
+            };
+            if h.status.is_none() {
+                h.status = h.parser.partial().map(|r| r.status).filter(|s| *s != 0);
+            }
+        }
+        match verdict {
+            Some(r) => self.decide(r),
+            None if !self.out.is_empty() => ops.push(Op::Send),
+            None => ops.push(Op::Recv),
+        }
     }
 }
 
