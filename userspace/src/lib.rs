@@ -5,9 +5,11 @@
 //! - [`engine`]: firing probes and matching their answers.
 //! - [`lab`]: test hosts (network namespaces and veth pairs) for tests and the demo.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod engine;
 pub mod health;
+pub mod journal;
 pub mod lab;

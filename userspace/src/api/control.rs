@@ -1,0 +1,129 @@
+//! The boundary between the API server and the daemon: everything the API can ask of
+//! a running sonde. The daemon implements [`Control`]; the API server (HTTP on
+//! loopback and a unix socket) only translates requests into these calls.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{
+    engine::spec::{CheckId, CheckSpec},
+    health::{CheckStatus, HistoryEntry, Transition},
+};
+
+/// A check's recent results and transitions, oldest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckHistory {
+    /// The check.
+    pub id: CheckId,
+    /// Latest results (bounded).
+    pub results: Vec<HistoryEntry>,
+    /// Latest transitions (bounded).
+    pub transitions: Vec<Transition>,
+}
+
+/// What the daemon says about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonInfo {
+    /// sonde version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Which clock measures stateless probes: "kernel" or "userspace".
+    pub clock: String,
+    /// Why the kernel programs are not used, if they are not.
+    pub kernel_unavailable: Option<String>,
+    /// Interface the kernel programs are attached to.
+    pub iface: Option<String>,
+    /// The config file checks came from (standalone mode).
+    pub config_path: Option<String>,
+    /// Number of checks.
+    pub checks: usize,
+}
+
+/// The outcome of a reload.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// Checks added.
+    pub added: Vec<CheckId>,
+    /// Checks whose definition changed.
+    pub changed: Vec<CheckId>,
+    /// Checks removed.
+    pub removed: Vec<CheckId>,
+    /// Checks left as they were.
+    pub unchanged: usize,
+}
+
+/// Why a control call was refused. The running state is unchanged in every case.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// No check with this id.
+    #[error("unknown check id {0:?}")]
+    UnknownCheck(String),
+    /// A check with this id exists already.
+    #[error("a check with id {0:?} exists already")]
+    Duplicate(String),
+    /// The check or the file is invalid (the message lists every problem, with where).
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation is not possible in this mode (e.g. reload without a config file).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Something failed inside the daemon.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// An event on the watch stream.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A check changed health.
+    Transition(Transition),
+    /// A check was added.
+    CheckAdded {
+        /// The check.
+        id: CheckId,
+    },
+    /// A check was removed.
+    CheckRemoved {
+        /// The check.
+        id: CheckId,
+    },
+}
+
+/// Everything the API can ask of the daemon. Calls are quick (they take locks, never
+/// wait on the network) and may be made from async code.
+pub trait Control: Send + Sync + 'static {
+    /// Status of every check, sorted by id.
+    fn status(&self) -> Vec<CheckStatus>;
+    /// Status of one check.
+    fn check(&self, id: &str) -> Option<CheckStatus>;
+    /// The definition of one check.
+    fn spec(&self, id: &str) -> Option<Arc<CheckSpec>>;
+    /// Recent results and transitions of one check.
+    fn history(&self, id: &str) -> Option<CheckHistory>;
+    /// Add one check, given in the same shape as a `[[check]]` table of the config file
+    /// (as JSON), validated the same way.
+    ///
+    /// # Errors
+    /// Invalid or duplicate check.
+    fn add_check(&self, check: &serde_json::Value) -> Result<CheckId, ControlError>;
+    /// Remove one check.
+    ///
+    /// # Errors
+    /// Unknown id.
+    fn remove_check(&self, id: &str) -> Result<(), ControlError>;
+    /// Re-read the config file; an invalid file is refused as a whole.
+    ///
+    /// # Errors
+    /// Invalid file (nothing changed), or no file in this mode.
+    fn reload(&self) -> Result<ReloadReport, ControlError>;
+    /// Follow transitions and check set changes from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>>;
+    /// Prometheus text exposition of every metric.
+    fn metrics(&self) -> String;
+    /// About the daemon.
+    fn info(&self) -> DaemonInfo;
+}
