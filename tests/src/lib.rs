@@ -4,5 +4,6 @@
 //! `sonde::lab`, because the `sonde demo` command uses it too.
 
 pub mod checks;
+pub mod daemon;
 pub mod frames;
 pub mod servers;

@@ -1,11 +1,27 @@
 //! Command-line interface: clap definitions and one module per subcommand.
 //! Human tables by default, `--json` for scripts.
 
+pub mod check;
+pub mod client;
 mod demo;
+pub mod fmt;
+pub mod history;
+pub mod output;
 mod probe;
+pub mod reload;
+mod run;
+pub mod status;
 mod table;
+#[cfg(test)]
+mod tests;
+pub mod validate;
+pub mod watch;
+
+use std::io::{self, Write as _};
 
 use clap::{Parser, Subcommand};
+
+use client::{ClientError, ClientOptions, Exit};
 
 pub use probe::{probe_session, AnswerPath, ProbeArgs, Session};
 
@@ -16,6 +32,9 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How the client commands reach the daemon (--socket, --api, --token-file).
+    #[command(flatten)]
+    pub client: ClientOptions,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -30,6 +49,25 @@ pub enum Command {
     /// Build a small lab of target namespaces (198.18.0.0/15), probe it through the
     /// kernel path and print the results. Needs root.
     Demo(demo::DemoArgs),
+    /// Show every check's state. Exit status: 0 if none is unhealthy, 1 if one is,
+    /// 2 if the daemon cannot be reached.
+    Status(status::StatusArgs),
+    /// List, show, add or remove checks of the running daemon.
+    Check(check::CheckArgs),
+    /// Show a check's latest results and transitions.
+    History(history::HistoryArgs),
+    /// Follow health transitions and check changes as they happen.
+    Watch(watch::WatchArgs),
+    /// Validate a configuration file (no daemon needed).
+    Validate(validate::ValidateArgs),
+    /// Run the daemon: probe the checks of a TOML file, keep their health, serve the API.
+    Run(run::RunArgs),
+    /// Make the daemon re-read its configuration file.
+    Reload {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Set up `tracing` logs on stderr.
@@ -52,8 +90,45 @@ pub fn init_logging(verbose: u8) {
 /// # Errors
 /// Whatever the subcommand reports, with context.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let exit = run_exit(cli)?;
+    if exit != Exit::Success {
+        let _ = io::stdout().flush();
+        std::process::exit(i32::from(exit.code()));
+    }
+    Ok(())
+}
+
+/// Run a parsed command line and give its exit status (client commands report their
+/// own errors on stderr; the status tells success, failure or unreachable daemon).
+///
+/// # Errors
+/// Whatever the non-client subcommands report, with context.
+pub fn run_exit(cli: Cli) -> anyhow::Result<Exit> {
+    let opts = &cli.client;
     match cli.command {
-        Command::Probe(a) => probe::run(&a),
-        Command::Demo(a) => demo::run(&a),
+        Command::Probe(a) => probe::run(&a).map(|()| Exit::Success),
+        Command::Demo(a) => demo::run(&a).map(|()| Exit::Success),
+        Command::Status(a) => Ok(with_client(opts, |c, out| status::run(c, &a, out))),
+        Command::Check(a) => Ok(with_client(opts, |c, out| check::run(c, &a, out))),
+        Command::History(a) => Ok(with_client(opts, |c, out| history::run(c, &a, out))),
+        Command::Watch(a) => Ok(with_client(opts, |c, out| {
+            watch::follow(c, &a, &watch::Follow::default(), out, &mut io::stderr())
+        })),
+        Command::Validate(a) => Ok(validate::run(&a, &mut io::stdout(), &mut io::stderr())),
+        Command::Run(a) => run::run(&a, opts).map(|()| Exit::Success),
+        Command::Reload { json } => Ok(with_client(opts, |c, out| reload::run(c, json, out))),
+    }
+}
+
+/// Run a client command on stdout, reporting its error on stderr.
+fn with_client(
+    opts: &ClientOptions,
+    f: impl FnOnce(&client::Client, &mut dyn io::Write) -> Result<Exit, ClientError>,
+) -> Exit {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match opts.client().and_then(|c| f(&c, &mut out)) {
+        Ok(exit) => exit,
+        Err(e) => client::report(&e, &mut io::stderr()),
     }
 }

@@ -180,3 +180,48 @@ pub fn source_for(target: IpAddr) -> io::Result<IpAddr> {
     s.connect(SocketAddr::new(target, 9))?;
     Ok(s.local_addr()?.ip())
 }
+
+/// The name of the interface that holds address `local` (getifaddrs).
+#[must_use]
+pub fn iface_of(local: IpAddr) -> Option<String> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it states.
+            let fam = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let addr = match fam {
+                libc::AF_INET => {
+                    // SAFETY: family is AF_INET.
+                    let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: family is AF_INET6.
+                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            };
+            if addr == Some(local) {
+                // SAFETY: ifa_name is a NUL-terminated C string.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+                found = Some(name.to_string_lossy().into_owned());
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}

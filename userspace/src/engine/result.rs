@@ -25,7 +25,7 @@ pub enum Reason {
     },
     /// The connection was reset or closed before a complete answer.
     ConnectionClosed {
-        /// At which point ("connect", "send", "headers", "body", "tls").
+        /// At which point ("connect", "send", "recv", "headers", "body", "tls").
         phase: &'static str,
     },
     /// HTTP status not in the accepted set.
@@ -64,6 +64,69 @@ pub enum Reason {
         /// What failed.
         detail: String,
     },
+}
+
+/// The owned mirror of [`Reason`] that serde can derive `Deserialize` for (a phase is a
+/// `&'static str`, which cannot be borrowed from the input).
+#[derive(serde::Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+enum ReasonOwned {
+    Ok,
+    Timeout,
+    Refused,
+    Unreachable { icmp_type: u8, icmp_code: u8 },
+    ConnectionClosed { phase: String },
+    Status { code: u16 },
+    BodyMismatch,
+    HeaderMismatch { name: String },
+    Protocol { detail: String },
+    Tls { detail: String },
+    PayloadMismatch,
+    DnsRcode { rcode: u8 },
+    DnsAnswerMismatch,
+    Local { detail: String },
+}
+
+/// A phase name read back from a journal, as the static string the engine uses.
+fn static_phase(s: &str) -> &'static str {
+    match s {
+        "connect" => "connect",
+        "send" => "send",
+        "recv" => "recv",
+        "headers" => "headers",
+        "body" => "body",
+        "tls" => "tls",
+        _ => "unknown",
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match ReasonOwned::deserialize(d)? {
+            ReasonOwned::Ok => Reason::Ok,
+            ReasonOwned::Timeout => Reason::Timeout,
+            ReasonOwned::Refused => Reason::Refused,
+            ReasonOwned::Unreachable {
+                icmp_type,
+                icmp_code,
+            } => Reason::Unreachable {
+                icmp_type,
+                icmp_code,
+            },
+            ReasonOwned::ConnectionClosed { phase } => Reason::ConnectionClosed {
+                phase: static_phase(&phase),
+            },
+            ReasonOwned::Status { code } => Reason::Status { code },
+            ReasonOwned::BodyMismatch => Reason::BodyMismatch,
+            ReasonOwned::HeaderMismatch { name } => Reason::HeaderMismatch { name },
+            ReasonOwned::Protocol { detail } => Reason::Protocol { detail },
+            ReasonOwned::Tls { detail } => Reason::Tls { detail },
+            ReasonOwned::PayloadMismatch => Reason::PayloadMismatch,
+            ReasonOwned::DnsRcode { rcode } => Reason::DnsRcode { rcode },
+            ReasonOwned::DnsAnswerMismatch => Reason::DnsAnswerMismatch,
+            ReasonOwned::Local { detail } => Reason::Local { detail },
+        })
+    }
 }
 
 impl Reason {

@@ -188,6 +188,11 @@ impl HealthTable {
         self.checks.get(id)
     }
 
+    /// The state of one check, to restore it after a restart.
+    pub fn get_mut(&mut self, id: &CheckId) -> Option<&mut CheckHealth> {
+        self.checks.get_mut(id)
+    }
+
     /// Time until the next probe of `id` ([`CheckHealth::next_interval`]).
     #[must_use]
     pub fn next_interval(&self, id: &CheckId) -> Option<std::time::Duration> {

@@ -50,7 +50,7 @@ use crate::engine::{
 pub const MAX_DECIDING_RESULTS: usize = 64;
 
 /// Health of a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// No verdict yet.
@@ -385,6 +385,26 @@ impl CheckHealth {
     #[must_use]
     pub fn since(&self) -> Instant {
         self.since
+    }
+
+    /// Resume a state saved before a restart: the health, since when (wall time; the
+    /// monotonic `since` is derived from it), and the transitions that led there, oldest
+    /// first. Counters and the window start empty: the next results decide from here.
+    pub fn restore(
+        &mut self,
+        state: Health,
+        since_wall: SystemTime,
+        transitions: Vec<Transition>,
+        now: Instant,
+    ) {
+        self.state = state;
+        let ago = SystemTime::now()
+            .duration_since(since_wall)
+            .unwrap_or_default();
+        self.since = now.checked_sub(ago).unwrap_or(self.created);
+        for t in transitions {
+            self.transitions.push(t);
+        }
     }
 
     /// Wall time of [`CheckHealth::since`], for display.

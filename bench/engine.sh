@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# engine.sh - sonde's probe engine side by side with peer tools, on the same targets.
+#
+# Two namespaces of its own (names end in this shell's pid), nothing in the root namespace:
+#   sonde-bench-p<pid>: vp0 198.18.0.1/24, route 198.19.0.0/16 via 198.18.0.2 (no default route)
+#   sonde-bench-t<pid>: vt0 198.18.0.2/24, "local 198.19.0.0/16 dev lo" (answers for all of it),
+#                       a listener on :80 (SYN-ACK), nothing on :81 (RST) nor udp :33434
+#                       (ICMP port unreachable, icmp_ratemask=0), ICMP echo answered.
+# Rows: SYN :80 (sonde syn | zmap | masscan), ICMP echo (sonde icmp | zmap | fping),
+#       UDP :33434 (sonde udp | zmap udp), TCP connect :81 (sonde connect | nmap -sT | tokio).
+# Measured per run: probes that reached the target (nft counters on vt0 ingress), answers
+# matched (the tool's own count where it gives one, else answers that reached the prober:
+# vp0 rx), per second of active time (0.2 s samples of the target's rx, each weighted by its
+# share of the sustained rate, the median of the samples >= 50 % of the peak); tool CPU =
+# user+sys of the process tree over the active time (1 core = 100 %); machine CPU from
+# /proc/stat over the steady samples (>= 50 % of the peak; 2 cores = 100 %).
+# Env: DUR (s per run, 1-30, default 5), RATE (asked of zmap/masscan, default 1000000),
+#      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp, default 16384),
+#      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
+#      e.g. "syn icmp"), SYN_PORT (80 open, default; 81 closed).
+# Output: a table on stdout, bench/out/engine-<timestamp>.tsv, raw logs in bench/out/engine-<timestamp>/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DUR=${DUR:-5}
+if [ "$DUR" -lt 1 ] || [ "$DUR" -gt 30 ]; then echo "DUR must be 1-30" >&2; exit 2; fi
+RATE=${RATE:-1000000}
+INFLIGHT=${INFLIGHT:-4096}
+INFLIGHT_RAW=${INFLIGHT_RAW:-16384}
+ONLY=${ONLY:-syn icmp udp connect}
+SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
+BIN=${SONDE_BENCH:-$ROOT/target/release/sonde-bench}
+TARGETS=198.19.0.0/16
+P=sonde-bench-p$$
+T=sonde-bench-t$$
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/out
+LOGS=$OUT/engine-$STAMP
+TSV=$OUT/engine-$STAMP.tsv
+LISTENER=   # pid of the :80 listener
+SAMPLER=    # pid of the running sampler's timeout
+GROUP=      # process group of the running tool (its timeout's pid)
+BG=0        # machine busy % just before the current run
+
+cleanup() {
+  [ -z "$GROUP" ] || kill -KILL -- "-$GROUP" 2>/dev/null || true
+  [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
+  [ -z "$LISTENER" ] || kill "$LISTENER" 2>/dev/null || true
+  ip netns del "$P" 2>/dev/null || true
+  ip netns del "$T" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+inP() { ip netns exec "$P" "$@"; }
+inT() { ip netns exec "$T" "$@"; }
+
+deps() {
+  local missing=() t
+  for t in masscan zmap fping nmap nft; do command -v "$t" >/dev/null || missing+=("$t"); done
+  [ -x /usr/bin/time ] || missing+=(time)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  missing=("${missing[@]/nft/nftables}")
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && return 0
+  (cd "$ROOT" && cargo xtask build-ebpf && cargo build --release -p sonde-bench)
+}
+
+setup() {
+  ip netns add "$P"
+  ip netns add "$T"
+  ip link add vp0 netns "$P" type veth peer name vt0 netns "$T"
+  inP ip link set lo up
+  inT ip link set lo up
+  inP ip addr add 198.18.0.1/24 dev vp0
+  inT ip addr add 198.18.0.2/24 dev vt0
+  inP ip link set vp0 up
+  inT ip link set vt0 up
+  inT ip route add local "$TARGETS" dev lo
+  inP ip route add "$TARGETS" via 198.18.0.2 dev vp0
+  inT sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_ratemask=0 \
+    net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535
+  inP sysctl -qw net.ipv4.ip_local_port_range="10000 60999"
+  # Probes that reach the target, by kind (netdev ingress: before the stack).
+  inT nft -f - <<'EOF'
+table netdev sb {
+  chain in {
+    type filter hook ingress device "vt0" priority 0; policy accept;
+    tcp flags & (syn | ack | rst) == syn counter comment "syn"
+    icmp type echo-request counter comment "echo"
+    udp dport 33434 counter comment "udp"
+  }
+}
+EOF
+  # An open port 80 (the kernel answers SYN-ACK; nobody needs to accept). Bounded life.
+  ip netns exec "$T" python3 -c 'import socket,sys,time
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(65535); time.sleep(int(sys.argv[1]))' "$((DUR * 40 + 300))" </dev/null >/dev/null 2>&1 &
+  LISTENER=$!
+  sleep 0.5
+  inP ping -c1 -W1 198.19.0.1 >/dev/null
+}
+
+nft_count() {  # KIND -> packets counted so far
+  inT nft list chain netdev sb in | awk -v k="\"$1\"" '$0 ~ "comment " k {
+    for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'
+}
+# Busy % of the whole machine over 0.5 s (/proc/stat; both cores = 100 %).
+busy_pct() {
+  local s0 s1
+  s0=$(head -1 /proc/stat); sleep 0.5; s1=$(head -1 /proc/stat)
+  echo "$s0 $s1" | awk '{ for (i = 2; i <= 9; i++) { t0 += $i; t1 += $(i + 11) }
+    d = t1 - t0; if (d <= 0) d = 1; print int(100 * (1 - ($16 + $17 - $5 - $6) / d) + 0.5) }'
+}
+# Wait (at most 20 s) until other work on the machine (builds, tests) leaves it <= 10 % busy;
+# the last reading goes into the results as bg_busy_pct.
+quiet() {
+  for _ in $(seq 40); do BG=$(busy_pct); [ "$BG" -le 10 ] && return 0; done
+  echo "  (machine still ${BG}% busy before this run: its numbers are disturbed)" >&2
+}
+ctr() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
+gwmac() { inT cat /sys/class/net/vt0/address; }
+
+# run NAME KIND CMD... : CMD in the prober namespace, bounded to DUR+12 s (INT, then KILL of
+# its process group), sampled from the target namespace every 0.2 s.
+run() {
+  local name=$1 kind=$2; shift 2
+  local log=$LOGS/$name.log smp=$LOGS/$name.samples rc=0
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  timeout $((DUR + 40)) ip netns exec "$T" bash -c 'd=/sys/class/net/vt0/statistics
+    while :; do read -r rx <"$d/rx_packets"; read -r tx <"$d/tx_packets"
+      read -r _ u n s i w q sq st _ </proc/stat
+      echo "$EPOCHREALTIME $rx $tx $u $n $s $i $w $q $sq $st"; sleep 0.2; done' >"$smp" &
+  SAMPLER=$!
+  sleep 0.5
+  local p0 r0 a0
+  quiet
+  p0=$(nft_count "$kind"); r0=$(ctr "$P" vp0 rx_packets); a0=$(ctr "$T" vt0 tx_packets)
+  timeout -s INT -k 5 $((DUR + 12)) /usr/bin/time -o "$log.time" -f "%e %U %S" \
+    ip netns exec "$P" "$@" >"$log" 2>&1 &
+  GROUP=$!
+  wait "$GROUP" || rc=$?
+  kill -KILL -- "-$GROUP" 2>/dev/null || true
+  GROUP=
+  sleep 0.5
+  kill "$SAMPLER" 2>/dev/null || true
+  wait "$SAMPLER" 2>/dev/null || true
+  SAMPLER=
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || echo "  ($name exited with $rc, see $log)" >&2
+  echo "$(($(nft_count "$kind") - p0)) $(($(ctr "$P" vp0 rx_packets) - r0)) \
+$(($(ctr "$T" vt0 tx_packets) - a0))" >"$log.counts"
+}
+
+# row WORK TOOL MATCHED_SOURCE : append one TSV line (numbers from the logs of the last run)
+row() {
+  python3 - "$1" "$2" "$3" "$LOGS/$2-$1.log" "$BG" <<'EOF' >>"$TSV"
+import json, os, re, sys
+work, tool, src, log, bg = sys.argv[1:]
+probes, prober_rx, answers = (int(x) for x in open(log + ".counts").read().split())
+rows = [[float(x) for x in l.split()] for l in open(log.replace(".log", ".samples")) if len(l.split()) == 11]
+iv = [(a, b) for a, b in zip(rows, rows[1:]) if b[0] > a[0]]
+rate = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in iv]
+peak = max(rate, default=0)
+hi = sorted(r for r in rate if r >= 0.5 * peak and r > 0)
+sus = hi[len(hi) // 2] if hi else 1
+# active time: every sample interval, weighted by its share of the sustained rate (so a
+# half-busy first or last interval counts half)
+secs = sum((b[0] - a[0]) * min(1, r / sus) for (a, b), r in zip(iv, rate) if r >= 0.1 * peak) or 1e-9
+steady = [x for x, r in zip(iv, rate) if r >= 0.5 * peak and r > 0]
+cpu = [sum(b[i] - a[i] for a, b in steady) for i in range(3, 11)]
+machine = 100 * (sum(cpu) - cpu[3] - cpu[4]) / (sum(cpu) or 1)
+try:
+    _, us, sy = (float(x) for x in open(log + ".time").read().split()[-3:])
+except (OSError, ValueError):
+    us = sy = 0.0
+txt = open(log, errors="replace").read()
+matched = prober_rx
+if src == "sonde":
+    j = json.loads([l for l in txt.splitlines() if l.startswith("{")][-1]); matched = j["matched"]
+elif src == "zmap":
+    m = json.load(open(log.replace(".log", ".meta.json")))
+    matched = m.get("success_total", 0) + m.get("failure_total", 0)
+elif src == "fping":
+    matched = sum(int(b) for a, b in re.findall(r"xmt/rcv/%loss = (\d+)/(\d+)", txt))
+pct = 100 * matched / probes if probes else 0
+# machine CPU time per matched answer, in microseconds (all cores, steady state)
+# user time on the machine that was not the tool's: other work (a build, tests) disturbed the run
+foreign = (cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs
+per = machine / 100 * (os.cpu_count() or 1) * 1e6 / (matched / secs) if matched else 0
+print("\t".join([work, tool, f"{probes / secs:.0f}", f"{matched / secs:.0f}", f"{pct:.1f}",
+                 f"{100 * (us + sy) / secs:.0f}", f"{machine:.0f}", f"{secs:.2f}", src,
+                 str(probes), str(matched), str(answers), bg, f"{per:.1f}", f"{max(foreign, 0):.2f}"]))
+EOF
+  tail -1 "$TSV" | cut -f1-7
+}
+
+sonde() {  # WORK PORT INFLIGHT
+  run "sonde-$1" "$2" "$BIN" "$1" --duration "$DUR" --targets "$TARGETS" --port "$3" \
+    --inflight "$4" --threads 2 --iface vp0
+}
+zmap_run() {  # NAME KIND ARGS...
+  local name=$1 kind=$2; shift 2
+  run "$name" "$kind" zmap -i vp0 -G "$(gwmac)" -S 198.18.0.1 -r "$RATE" -P 100 -t "$DUR" -c 1 \
+    -b /dev/null -T 1 -q -o /dev/null -m "$LOGS/$name.meta.json" "$@" "$TARGETS"
+}
+
+work_syn() {
+  sonde syn syn "$SYN_PORT" "$INFLIGHT_RAW"; row syn sonde sonde
+  zmap_run zmap-syn syn -p "$SYN_PORT"; row syn zmap zmap
+  run masscan-syn syn timeout -s INT "$DUR" masscan "$TARGETS" -p"$SYN_PORT" --infinite --rate "$RATE" \
+    --interface vp0 --adapter-ip 198.18.0.1 --router-mac "$(gwmac)" --adapter-port 61000 --wait 0
+  row syn masscan veth
+}
+work_icmp() {
+  sonde icmp echo 0 "$INFLIGHT_RAW"; row icmp sonde sonde
+  zmap_run zmap-icmp echo -M icmp_echoscan; row icmp zmap zmap
+  # fping keeps each sequence number 10 s: one run is capped at 65535 pings.
+  run fping-icmp echo fping -q -g 198.19.0.0/22 -c 60 -i 0 -p 1 -t 500 -r 0; row icmp fping fping
+}
+work_udp() {
+  sonde udp udp 33434 "$INFLIGHT"; row udp sonde sonde
+  zmap_run zmap-udp udp -M udp -p 33434 --probe-args=text:sonde-bench; row udp zmap zmap
+}
+work_connect() {
+  sonde connect syn 81 "$INFLIGHT"; row connect sonde sonde
+  run nmap-connect syn timeout -s INT "$DUR" nmap -n -Pn -sT -p 81 --min-rate 1000000 \
+    --max-retries 0 --min-hostgroup 4096 "$TARGETS"
+  row connect nmap veth
+  run tokio-connect syn "$BIN" connect-tokio --duration "$DUR" --targets "$TARGETS" --port 81 \
+    --inflight "$INFLIGHT" --threads 2
+  row connect tokio sonde
+}
+
+table() {  # ratio sonde / peer of matched per second, per work
+  awk -F'\t' 'BEGIN { OFS = "\t"; print "work", "tool", "probes/s sent", "matched/s",
+      "matched %", "tool CPU %", "machine CPU %", "sonde/peer" }
+    /^#/ { next }
+    $2 == "sonde" { s[$1] = $4 }
+    $2 != "sonde" && $4 > best[$1] { best[$1] = $4; who[$1] = $2 }
+    $2 == "zmap" { z[$1] = $4 }
+    { r = ($2 == "sonde" || $4 == 0) ? "-" : sprintf("%.2f", s[$1] / $4)
+      t = ($13 > 10 || $15 > 0.15) ? $2 "(!)" : $2; if (t != $2) bad = 1
+      print $1, t, $3, $4, $5, $6, $7, r }
+    END { split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best", g, " ")
+      for (i = 1; i < 12; i += 3) { w = g[i]; if (!(w in s)) continue
+        ref = g[i + 2] == "zmap" ? z[w] : best[w]; by = g[i + 2] == "zmap" ? "zmap" : who[w]
+        x = ref > 0 ? s[w] / ref : 0
+        printf "goal\t%s >= %sx %s\t%.2fx\t%s\n", w, g[i + 1], by, x, (x >= g[i + 1] ? "met" : "NOT met") }
+      if (bad) print "(!): other work was running on the machine during that run; rerun it (ONLY=work)" }' \
+    "$TSV" | column -t -s $'\t'
+}
+
+deps
+build
+mkdir -p "$LOGS"
+cd "$LOGS"   # masscan writes paused.conf into its working directory
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) CPU DUR=$DUR RATE=$RATE" \
+  "INFLIGHT=$INFLIGHT INFLIGHT_RAW=$INFLIGHT_RAW" >"$TSV"
+echo -e "# work\ttool\tprobes_per_s\tmatched_per_s\tmatched_pct\ttool_cpu_pct\tmachine_cpu_pct\tactive_s\tmatched_from\tprobes\tmatched\tanswers\tbg_busy_pct\tmachine_us_per_match\tforeign_user_cores" >>"$TSV"
+setup
+for w in $ONLY; do "work_$w"; done
+echo
+table
+echo "(tool CPU: 1 core = 100 %; machine CPU: both cores = 100 %; $TSV)"

@@ -1,0 +1,200 @@
+//! sonde's engine under load: syn / icmp (stateless worker, answers through XDP) and
+//! udp / connect (io_uring workers).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use probe_common::counters::{TcReason, XdpReason};
+use serde_json::{json, Value};
+use sonde::{
+    ebpf::{Counters, KernelProbes},
+    engine::{
+        result::{CheckResult, Reason},
+        round::new_config,
+        spec::{CheckId, CheckSpec, InitialState, ProbeSpec, Target, Thresholds, UdpSpec},
+        uring::{Engine, EngineConfig, Job, StatelessParts},
+        PortRange,
+    },
+};
+
+use crate::{cpu, Args, Tally, Work};
+
+/// How long the driver sleeps when it can neither submit nor collect.
+const POLL: Duration = Duration::from_micros(200);
+
+/// One job template (check) per target address.
+fn jobs(args: &Args, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Result<Vec<Job>> {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let port = if matches!(probe, ProbeSpec::Icmp) {
+        0
+    } else {
+        args.port
+    };
+    addrs
+        .iter()
+        .map(|a| {
+            let host = a.to_string();
+            let spec = Arc::new(CheckSpec {
+                id: CheckId::new(&host),
+                target: Target {
+                    host,
+                    addr: IpAddr::V4(*a),
+                    port,
+                },
+                probe: probe.clone(),
+                interval: timeout * 10,
+                fast_interval: timeout * 2,
+                timeout,
+                jitter: 0.0,
+                thresholds: Thresholds::Consecutive { rise: 1, fall: 1 },
+                initial: InitialState::Unknown,
+                labels: BTreeMap::new(),
+            });
+            Job::new(spec, 0).map_err(|e| anyhow::anyhow!("check for {a}: {e}"))
+        })
+        .collect()
+}
+
+/// Load, configure and attach the kernel programs; the engine gets the ring buffer.
+fn kernel(iface: &str) -> Result<(KernelProbes, StatelessParts)> {
+    let cfg = new_config(PortRange::DEFAULT);
+    let mut k = KernelProbes::load().context("loading the kernel programs")?;
+    k.set_config(&cfg).context("writing the probe config")?;
+    k.attach(iface)
+        .with_context(|| format!("attaching to {iface}"))?;
+    PortRange::DEFAULT
+        .reserve()
+        .context("reserving the probe ports")?;
+    let events = k.take_events().context("ring buffer already taken")?;
+    let parts = StatelessParts {
+        source: Box::new(events),
+        probe: cfg,
+    };
+    Ok((k, parts))
+}
+
+/// Non-zero kernel counters as {name: count}.
+fn counters_json(d: &Counters) -> Value {
+    let xdp: BTreeMap<&str, u64> = XdpReason::ALL
+        .iter()
+        .map(|r| (r.name(), d.xdp(*r)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let tc: BTreeMap<&str, u64> = TcReason::ALL
+        .iter()
+        .map(|r| (r.name(), d.tc(*r)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    json!({ "xdp": xdp, "tc": tc })
+}
+
+fn count(t: &mut Tally, r: &CheckResult) {
+    match r.reason {
+        Reason::Ok | Reason::Refused => t.matched += 1,
+        Reason::Timeout => t.timeouts += 1,
+        _ => *t.other.entry(r.reason.label().to_owned()).or_insert(0) += 1,
+    }
+}
+
+/// Run `work` for `dur`, then collect the outstanding results.
+pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result<Tally> {
+    let probe = match work {
+        Work::Syn => ProbeSpec::TcpSyn,
+        Work::Icmp => ProbeSpec::Icmp,
+        Work::Udp => ProbeSpec::Udp(UdpSpec {
+            payload: b"sonde-bench".to_vec(),
+            expect_prefix: Vec::new(),
+        }),
+        Work::Connect | Work::ConnectTokio => ProbeSpec::TcpConnect,
+    };
+    let stateless = matches!(work, Work::Syn | Work::Icmp);
+    let jobs = jobs(args, &probe, addrs)?;
+    let (kprobes, parts) = if stateless {
+        let (k, p) = kernel(&args.iface)?;
+        (Some(k), Some(p))
+    } else {
+        (None, None)
+    };
+    let threads = if stateless { 1 } else { args.threads.max(1) };
+    let inflight = usize::try_from(args.inflight.max(1)).unwrap_or(usize::MAX);
+    let cfg = EngineConfig {
+        threads,
+        // The driver bounds the total; any worker may hold all of it.
+        max_in_flight: inflight,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(&cfg, parts).context("starting the engine")?;
+    let k0 = kprobes.as_ref().map(KernelProbes::counters).transpose()?;
+
+    let mut t = Tally::default();
+    let start = cpu::Snapshot::now();
+    let (t0, end) = (Instant::now(), Instant::now() + dur);
+    let mut outstanding = 0u64;
+    let results = engine.results();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let mut budget = args.inflight.saturating_sub(outstanding).min(1024);
+        if let Some(rate) = args.rate {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let allowed = (rate * now.duration_since(t0).as_secs_f64()) as u64;
+            budget = budget.min(allowed.saturating_sub(t.sent));
+        }
+        for _ in 0..budget {
+            let template = &jobs[usize::try_from(t.sent % jobs.len() as u64).unwrap_or(0)];
+            let job = Job {
+                seq: t.sent,
+                ..template.clone()
+            };
+            if engine.submit(job).is_err() {
+                anyhow::bail!("engine stopped");
+            }
+            t.sent += 1;
+        }
+        outstanding += budget;
+        let mut got = 0u64;
+        for r in results.try_iter() {
+            count(&mut t, &r);
+            got += 1;
+        }
+        if budget == 0 && got == 0 {
+            // Poll, never block on the channel: a blocked receiver would make the
+            // engine threads pay a futex wake per result.
+            std::thread::sleep(end.saturating_duration_since(now).min(POLL));
+        }
+        outstanding -= got;
+    }
+    // The stragglers: every probe ends by its timeout.
+    let drain_end =
+        Instant::now() + Duration::from_millis(args.timeout_ms) + Duration::from_secs(1);
+    while outstanding > 0 {
+        let left = drain_end.saturating_duration_since(Instant::now());
+        match results.recv_timeout(left) {
+            Ok(r) => {
+                count(&mut t, &r);
+                outstanding -= 1;
+            }
+            Err(_) => break,
+        }
+    }
+    t.cpu = Some(cpu::Snapshot::now().since(&start));
+    let kernel = match (&kprobes, &k0) {
+        (Some(k), Some(k0)) => counters_json(&k.counters()?.since(k0)),
+        _ => Value::Null,
+    };
+    t.extra = json!({
+        "missing_results": outstanding,
+        "engine": engine.stats(),
+        "kernel": kernel,
+    });
+    engine.shutdown();
+    drop(kprobes);
+    Ok(t)
+}

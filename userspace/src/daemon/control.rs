@@ -1,0 +1,169 @@
+//! The daemon's answers to the API ([`Control`]).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tracing::info;
+
+use super::{
+    checks::{diff, prepare_all, Entry},
+    Shared,
+};
+use crate::{
+    api::{CheckHistory, Control, ControlError, DaemonInfo, Event, ReloadReport},
+    config,
+    engine::{
+        spec::{CheckId, CheckSpec},
+        uring::{sys::monotonic_now, Prepared},
+    },
+    health::CheckStatus,
+};
+
+fn now_ns() -> u64 {
+    u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    /// Start running `entry` (not yet in the set).
+    fn start_check(&self, entry: Entry) {
+        let id = entry.spec.id.clone();
+        let now = tokio::time::Instant::now();
+        let _ = self.health.lock().add((*entry.spec).clone(), now);
+        self.sched
+            .lock()
+            .add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
+        self.checks.write().insert(id.clone(), entry);
+        let _ = self.wake_tx.try_send(());
+        let _ = self.events.send(Arc::new(Event::CheckAdded { id }));
+    }
+
+    /// Stop running `id`.
+    fn stop_check(&self, id: &CheckId) {
+        self.sched.lock().remove(id);
+        self.checks.write().remove(id);
+        self.health.lock().remove(id);
+        let _ = self
+            .events
+            .send(Arc::new(Event::CheckRemoved { id: id.clone() }));
+    }
+
+    /// Replace the definition of a running check, keeping its state when the probe and
+    /// target are unchanged.
+    fn change_check(&self, entry: Entry) {
+        let id = entry.spec.id.clone();
+        let now = tokio::time::Instant::now();
+        self.health.lock().replace((*entry.spec).clone(), now);
+        {
+            let mut s = self.sched.lock();
+            s.remove(&id);
+            s.add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
+        }
+        self.checks.write().insert(id, entry);
+        let _ = self.wake_tx.try_send(());
+    }
+}
+
+impl Control for Shared {
+    fn status(&self) -> Vec<CheckStatus> {
+        self.health.lock().snapshot_all()
+    }
+
+    fn check(&self, id: &str) -> Option<CheckStatus> {
+        self.health.lock().snapshot(&CheckId::new(id))
+    }
+
+    fn spec(&self, id: &str) -> Option<Arc<CheckSpec>> {
+        self.checks
+            .read()
+            .get(&CheckId::new(id))
+            .map(|e| Arc::clone(&e.spec))
+    }
+
+    fn history(&self, id: &str) -> Option<CheckHistory> {
+        let h = self.health.lock();
+        let c = h.get(&CheckId::new(id))?;
+        Some(CheckHistory {
+            id: CheckId::new(id),
+            results: c.history().iter().cloned().collect(),
+            transitions: c.transitions().iter().cloned().collect(),
+        })
+    }
+
+    fn add_check(&self, check: &serde_json::Value) -> Result<CheckId, ControlError> {
+        let spec = config::parse_check_json(check, &self.defaults.read())
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        if self.checks.read().contains_key(&spec.id) {
+            return Err(ControlError::Duplicate(spec.id.to_string()));
+        }
+        let prepared =
+            Prepared::new(&spec, &self.tls).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let id = spec.id.clone();
+        info!(check = %id, "check added through the API");
+        self.start_check(Entry {
+            spec: Arc::new(spec),
+            prepared: Arc::new(prepared),
+        });
+        Ok(id)
+    }
+
+    fn remove_check(&self, id: &str) -> Result<(), ControlError> {
+        let id = CheckId::new(id);
+        if !self.checks.read().contains_key(&id) {
+            return Err(ControlError::UnknownCheck(id.to_string()));
+        }
+        info!(check = %id, "check removed through the API");
+        self.stop_check(&id);
+        Ok(())
+    }
+
+    fn reload(&self) -> Result<ReloadReport, ControlError> {
+        let Some(path) = &self.config_path else {
+            return Err(ControlError::Unsupported("no config file to reload".into()));
+        };
+        // Parse and prepare everything first: an invalid file changes nothing.
+        let cfg = config::load_file(path).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let new: BTreeMap<CheckId, Entry> =
+            prepare_all(cfg.checks, &self.tls).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let report = diff(&self.checks.read(), &new);
+        for id in &report.removed {
+            self.stop_check(id);
+        }
+        for id in &report.changed {
+            if let Some(e) = new.get(id) {
+                self.change_check(e.clone());
+            }
+        }
+        for id in &report.added {
+            if let Some(e) = new.get(id) {
+                self.start_check(e.clone());
+            }
+        }
+        *self.defaults.write() = cfg.defaults;
+        info!(
+            added = report.added.len(),
+            changed = report.changed.len(),
+            removed = report.removed.len(),
+            "config reloaded"
+        );
+        Ok(report)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    fn metrics(&self) -> String {
+        super::start::render_metrics(self)
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            clock: self.clock.0.clone(),
+            kernel_unavailable: self.clock.1.clone(),
+            iface: self.iface.clone(),
+            config_path: self.config_path.as_ref().map(|p| p.display().to_string()),
+            checks: self.checks.read().len(),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Starting, running and stopping the daemon.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::{checks::prepare_all, persist, runner, Shared};
+use crate::{
+    api::{metrics::MetricsInput, server::ApiOptions, server::Server, Control},
+    config,
+    ebpf::{self, KernelProbes},
+    engine::{
+        budget::{
+            self, Budgets, InFlight, PerTargetLimiter, RateLimit, SocketBudget, TargetLimits,
+            TokenBucket,
+        },
+        raw::{iface_of, source_for},
+        round::new_config,
+        schedule::Scheduler,
+        spec::ProbeSpec,
+        tls::TlsConfigs,
+        uring::{Engine, EngineConfig, StatelessParts},
+        PacketSource, PortRange,
+    },
+    health::HealthTable,
+    journal::{Journal, JournalOptions},
+};
+
+/// How `sonde run` was invoked.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The checks file.
+    pub config: PathBuf,
+    /// Interface for the kernel programs (overrides the file's `[daemon] iface`).
+    pub iface: Option<String>,
+    /// Where the journal and the API token live.
+    pub state_dir: PathBuf,
+    /// Unix socket of the API.
+    pub socket: PathBuf,
+    /// The API token file (created on first start).
+    pub token_file: PathBuf,
+    /// Loopback HTTP address of the API and /metrics.
+    pub http: Option<std::net::SocketAddr>,
+    /// Time stateless probes in userspace even where eBPF works.
+    pub userspace: bool,
+    /// Probes per second per target address (origin protection).
+    pub per_target_pps: f64,
+    /// Probes per second in all.
+    pub global_pps: f64,
+    /// Probes in flight at most.
+    pub max_in_flight: u32,
+}
+
+/// Which interface carries the answers to stateless probes: the option, the file, or
+/// the interface holding the source address towards the first stateless target.
+fn pick_iface(
+    opt: Option<&str>,
+    file: Option<&str>,
+    checks: &[crate::engine::spec::CheckSpec],
+) -> Option<String> {
+    if let Some(i) = opt.or(file) {
+        return Some(i.to_owned());
+    }
+    let first = checks
+        .iter()
+        .find(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp))?;
+    let local = source_for(first.target.addr).ok()?;
+    iface_of(local)
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Invalid config, unusable state directory, engine or kernel setup failure.
+pub fn run(opts: &RunOptions) -> Result<()> {
+    let cfg = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tls = TlsConfigs::default();
+    let entries = prepare_all(cfg.checks.clone(), &tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nofile = budget::raise_nofile_soft_limit().unwrap_or(1024);
+    info!(nofile, checks = entries.len(), "starting");
+
+    // Stateless probes: kernel path, userspace fallback, or none.
+    let ports: PortRange = cfg.daemon.ports;
+    let iface = pick_iface(
+        opts.iface.as_deref(),
+        cfg.daemon.iface.as_deref(),
+        &cfg.checks,
+    );
+    let has_stateless = cfg
+        .checks
+        .iter()
+        .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
+    let probe_cfg = new_config(ports);
+    let mut kernel: Option<KernelProbes> = None;
+    let mut stateless: Option<StatelessParts> = None;
+    let mut clock = ("userspace".to_owned(), None);
+    if let Some(dev) = &iface {
+        let unavailable = if opts.userspace || cfg.daemon.userspace {
+            Some("userspace timestamps requested".to_owned())
+        } else {
+            ebpf::availability().err().map(|e| e.to_string())
+        };
+        match unavailable {
+            None => {
+                let k = |e: ebpf::KernelError| anyhow::anyhow!(ebpf::error_chain(&e));
+                let mut probes = KernelProbes::load().map_err(k)?;
+                probes.set_config(&probe_cfg).map_err(k)?;
+                let mode = probes.attach(dev).map_err(k)?;
+                info!(iface = %dev, ?mode, "kernel programs attached");
+                let events = probes.take_events().context("ring buffer already taken")?;
+                stateless = Some(StatelessParts {
+                    source: Box::new(events),
+                    probe: probe_cfg,
+                });
+                kernel = Some(probes);
+                clock = ("kernel".to_owned(), None);
+            }
+            Some(reason) => {
+                warn!(%reason, "kernel programs not used; stateless probes are timed in userspace");
+                match PacketSource::open(dev, probe_cfg) {
+                    Ok(src) => {
+                        stateless = Some(StatelessParts {
+                            source: Box::new(src),
+                            probe: probe_cfg,
+                        })
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "no packet socket; tcp_syn and icmp checks will fail")
+                    }
+                }
+                clock = ("userspace".to_owned(), Some(reason));
+            }
+        }
+        if stateless.is_some() {
+            ports
+                .reserve()
+                .with_context(|| format!("reserving probe ports {ports}"))?;
+        }
+    } else if has_stateless {
+        warn!(
+            "no interface for stateless probes (give --iface); tcp_syn and icmp checks will fail"
+        );
+        clock.1 = Some("no interface".to_owned());
+    }
+
+    let engine = Engine::start(&EngineConfig::default(), stateless)
+        .context("starting the io_uring engine")?;
+
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    let (journal, replayed) = Journal::<persist::Record>::open(
+        &opts.state_dir.join("journal"),
+        JournalOptions::default(),
+    )
+    .with_context(|| format!("opening the journal in {}", opts.state_dir.display()))?;
+
+    let now = tokio::time::Instant::now();
+    let mut health = HealthTable::new();
+    let mut sched = Scheduler::new();
+    let mono =
+        || u64::try_from(crate::engine::uring::sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+    for e in entries.values() {
+        let _ = health.add((*e.spec).clone(), now);
+        sched.add(e.spec.id.clone(), e.spec.interval, e.spec.jitter, mono());
+    }
+    let restored = persist::fold(replayed.into_iter().map(|e| e.record), 16, now);
+    let mut resumed = 0;
+    for (id, r) in restored {
+        if let (Some(h), Some((state, since))) = (health.get_mut(&id), r.state) {
+            h.restore(state, since, r.transitions, now);
+            resumed += 1;
+        }
+    }
+    info!(resumed, "state resumed from the journal");
+
+    let sockets = SocketBudget::from_rlimit(256).unwrap_or_else(|_| SocketBudget::new(768));
+    let budgets = Budgets::new(
+        TokenBucket::new(opts.global_pps, 1000).context("global rate")?,
+        PerTargetLimiter::new(TargetLimits {
+            per_addr: RateLimit {
+                rate_per_sec: opts.per_target_pps,
+                burst: 10,
+            },
+            per_v4_24: None,
+            per_v6_64: None,
+            max_targets: 1 << 20,
+        })
+        .context("per-target rate")?,
+        InFlight::new(opts.max_in_flight),
+        sockets,
+    );
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        config_path: Some(opts.config.clone()),
+        defaults: RwLock::new(cfg.defaults),
+        checks: RwLock::new(entries),
+        health: Mutex::new(health),
+        sched: Mutex::new(sched),
+        budgets: Mutex::new(budgets),
+        outstanding: Mutex::new(HashMap::new()),
+        outcomes: Mutex::new(HashMap::new()),
+        events,
+        journal: Mutex::new(journal),
+        engine,
+        kernel: kernel.map(Mutex::new),
+        tls,
+        wake_tx,
+        wake_rx,
+        stopping: false.into(),
+        started: Instant::now(),
+        clock,
+        iface,
+    });
+
+    let d = Arc::clone(&shared);
+    let dispatcher = std::thread::Builder::new()
+        .name("sonde-dispatch".into())
+        .spawn(move || runner::dispatch(&d))?;
+    let r = Arc::clone(&shared);
+    let results = std::thread::Builder::new()
+        .name("sonde-results".into())
+        .spawn(move || runner::results(&r))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let control: Arc<dyn Control> = Arc::clone(&shared) as Arc<dyn Control>;
+    rt.block_on(serve_until_signal(control, opts))?;
+
+    info!("shutting down: in-flight probes finish or time out");
+    shared.stopping.store(true, Ordering::Release);
+    let _ = shared.wake_tx.try_send(());
+    if dispatcher.join().is_err() {
+        warn!("dispatcher panicked");
+    }
+    // The result loop ends when the engine closes its result channel; the engine can
+    // only be shut down once nothing else holds `shared`, so stop it through a take.
+    let shared = match Arc::try_unwrap(shared) {
+        Ok(s) => s,
+        Err(_) => bail!("daemon state still shared at shutdown"),
+    };
+    shared.engine.shutdown();
+    let _ = results.join();
+    drop(shared.kernel);
+    info!("stopped; kernel programs detached");
+    Ok(())
+}
+
+/// Serve the API and wait for SIGTERM/SIGINT; SIGHUP reloads.
+async fn serve_until_signal(control: Arc<dyn Control>, opts: &RunOptions) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let api_opts = ApiOptions {
+        socket: Some(opts.socket.clone()),
+        http: opts.http,
+        token_file: opts.token_file.clone(),
+        ..ApiOptions::default()
+    };
+    if let Some(dir) = opts.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let server = Server::bind(api_opts).await.context("starting the API")?;
+    info!(socket = %opts.socket.display(), http = ?server.http_addr(), "API listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = tokio::spawn(server.run(Arc::clone(&control), stop_rx));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match control.reload() {
+                Ok(r) => info!(added = r.added.len(), changed = r.changed.len(), removed = r.removed.len(), "reloaded on SIGHUP"),
+                Err(e) => warn!(error = %e, "reload refused; running checks unchanged"),
+            },
+        }
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), api).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "API stopped with an error"),
+        Ok(Err(e)) => warn!(error = %e, "API task failed"),
+        Err(_) => warn!("API did not stop within 5 s"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    Ok(())
+}
+
+/// Prometheus text for the daemon's state.
+pub(super) fn render_metrics(s: &Shared) -> String {
+    let input = MetricsInput {
+        info: s.info(),
+        statuses: s.health.lock().snapshot_all(),
+        outcomes: s
+            .outcomes
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        engine: s.engine.stats(),
+        budget: *s.budgets.lock().stats(),
+        kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
+    };
+    crate::api::metrics::render(&input)
+}
