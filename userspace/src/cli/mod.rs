@@ -46,8 +46,8 @@ pub enum Command {
     /// Send stateless probes (TCP SYN to ADDR:PORT, ICMP echo to ADDR) through the
     /// kernel path on one interface and print each answer's class and kernel RTT.
     Probe(ProbeArgs),
-    /// Build a small lab of target namespaces (198.18.0.0/15), probe it through the
-    /// kernel path and print the results. Needs root.
+    /// sonde's main job on a lab of target namespaces (198.18.0.0/15): raw probes
+    /// through the kernel path, then the daemon and `sonde status`. Needs root.
     Demo(demo::DemoArgs),
     /// Show every check's state. Exit status: 0 if none is unhealthy, 1 if one is,
     /// 2 if the daemon cannot be reached.

@@ -11,12 +11,14 @@
 //!   a killed run never collide.
 
 mod netns;
+mod serve;
 mod veth;
 
 #[cfg(test)]
 mod tests;
 
 pub use netns::{in_netns, Netns};
+pub use serve::HttpResponder;
 pub use veth::{veth_pair, VethEnd, VethPair};
 
 use std::net::Ipv4Addr;
