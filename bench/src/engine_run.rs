@@ -120,12 +120,15 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
     } else {
         (None, None)
     };
+    // Stateless works: --threads senders (plus one collector); stateful: workers.
     let threads = if stateless { 1 } else { args.threads.max(1) };
+    let stateless_senders = if stateless { args.threads.max(1) } else { 1 };
     let inflight = usize::try_from(args.inflight.max(1)).unwrap_or(usize::MAX);
     let cfg = EngineConfig {
         threads,
         // The driver bounds the total; any worker may hold all of it.
         max_in_flight: inflight,
+        stateless_senders,
         ..EngineConfig::default()
     };
     let engine = Engine::start(&cfg, parts).context("starting the engine")?;

@@ -52,6 +52,7 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
             let e = Engine::start(
                 &EngineConfig {
                     threads: 1,
+                    stateless_senders: 2,
                     ..EngineConfig::default()
                 },
                 Some(parts),

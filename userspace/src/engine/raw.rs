@@ -225,3 +225,174 @@ pub fn iface_of(local: IpAddr) -> Option<String> {
     unsafe { libc::freeifaddrs(head) };
     found
 }
+
+/// Packets built for one `sendmmsg` call: a flat buffer, each packet's span and
+/// destination. Reused across batches (no allocation in steady state).
+pub struct Batch {
+    /// Packet bytes, back to back.
+    buf: Vec<u8>,
+    /// (start, len, destination) of each packet.
+    spans: Vec<(usize, usize, IpAddr)>,
+}
+
+/// Most packets per `sendmmsg`.
+pub const BATCH: usize = 64;
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            buf: Vec::with_capacity(BATCH * 128),
+            spans: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+impl Batch {
+    /// Packets queued.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether nothing is queued.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Whether the batch is full.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.spans.len() >= BATCH
+    }
+
+    /// Build `l4` from `local` to `remote` into the batch.
+    ///
+    /// # Errors
+    /// Mixed families, or the packet does not fit.
+    pub fn push(&mut self, local: IpAddr, remote: IpAddr, l4: &L4<'_>) -> io::Result<()> {
+        let (fam, src, dst) = match (local, remote) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => (probe_common::family::V4, v4_bytes(l), v4_bytes(r)),
+            (IpAddr::V6(l), IpAddr::V6(r)) => (probe_common::family::V6, l.octets(), r.octets()),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "source and target address families differ",
+                ))
+            }
+        };
+        let ip = Ip {
+            family: fam,
+            src,
+            dst,
+            ttl: 64,
+            id: 0,
+            options: &[],
+        };
+        let start = self.buf.len();
+        self.buf.resize(start + 128, 0);
+        let n = craft::build(&mut self.buf[start..], None, &ip, l4).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "probe does not fit in 128 bytes",
+            )
+        })?;
+        self.buf.truncate(start + n);
+        self.spans.push((start, n, remote));
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.spans.clear();
+    }
+}
+
+impl RawSender {
+    /// Send every packet of `batch` with as few `sendmmsg` calls as possible (one per
+    /// address family), then empty it. Returns, per packet in order, `None` if it was
+    /// sent or the error that stopped it.
+    pub fn send_batch(&mut self, batch: &mut Batch, errors: &mut Vec<(usize, io::Error)>) {
+        errors.clear();
+        for v6 in [false, true] {
+            let fd = if v6 {
+                match self.v6.as_ref() {
+                    Some(fd) => fd.as_raw_fd(),
+                    None => {
+                        for (i, s) in batch.spans.iter().enumerate() {
+                            if s.2.is_ipv6() {
+                                errors.push((
+                                    i,
+                                    io::Error::new(
+                                        io::ErrorKind::Unsupported,
+                                        "no IPv6 raw socket",
+                                    ),
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                self.v4.as_raw_fd()
+            };
+            let idx: Vec<usize> = (0..batch.spans.len())
+                .filter(|&i| batch.spans[i].2.is_ipv6() == v6)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let mut addrs: Vec<crate::engine::uring::sys::SockAddr> = idx
+                .iter()
+                .map(|&i| {
+                    crate::engine::uring::sys::SockAddr::new(std::net::SocketAddr::new(
+                        batch.spans[i].2,
+                        0,
+                    ))
+                })
+                .collect();
+            let mut iovs: Vec<libc::iovec> = idx
+                .iter()
+                .map(|&i| {
+                    let (start, len, _) = batch.spans[i];
+                    libc::iovec {
+                        iov_base: batch.buf[start..].as_mut_ptr().cast(),
+                        iov_len: len,
+                    }
+                })
+                .collect();
+            // SAFETY: all-zero mmsghdr is valid; pointers set below stay valid for the call.
+            let mut msgs: Vec<libc::mmsghdr> = (0..idx.len())
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+            for (k, m) in msgs.iter_mut().enumerate() {
+                m.msg_hdr.msg_name = (&raw mut addrs[k].storage).cast();
+                m.msg_hdr.msg_namelen = addrs[k].len;
+                m.msg_hdr.msg_iov = &raw mut iovs[k];
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let mut done = 0usize;
+            while done < msgs.len() {
+                let rest = &mut msgs[done..];
+                // SAFETY: `rest` points to initialised mmsghdrs whose buffers live in
+                // `batch`, `addrs` and `iovs` for the duration of the call.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        rest.as_mut_ptr(),
+                        u32::try_from(rest.len()).unwrap_or(u32::MAX),
+                        0,
+                    )
+                };
+                if r < 0 {
+                    // The first message of `rest` failed: report it, go on after it.
+                    errors.push((idx[done], io::Error::last_os_error()));
+                    done += 1;
+                } else {
+                    done += usize::try_from(r).unwrap_or(0).max(1);
+                }
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,22 +1,31 @@
-//! The stateless probe worker: TCP SYN and ICMP echo probes sent from raw sockets,
+//! The stateless probe workers: TCP SYN and ICMP echo probes sent from raw sockets,
 //! answered through an [`AnswerSource`] (the XDP ring buffer, or the userspace
 //! fallback), matched by their [`StampKey`] and expired at their deadline.
 //!
-//! No socket per probe and no per-probe kernel state: a probe is a key in a hash map
-//! from send until its answer or its deadline. A SYN-ACK is answered with an RST so the
-//! target keeps no half-open connection.
+//! No socket per probe and no per-probe kernel state: a probe is a key in a table from
+//! send until its answer or its deadline. Several sender threads share the job queue;
+//! each owns a slice of the source ports (and of the ICMP sequence space), builds
+//! probes in batches and sends each batch with one `sendmmsg`. One collector thread
+//! reads the answers, resolves them in the sharded pending table, answers every
+//! SYN-ACK with an RST (batched too) so the target keeps no half-open connection, and
+//! expires probes whose deadline passed.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
+    hash::{BuildHasher, Hash},
     io,
     net::IpAddr,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     thread::JoinHandle,
     time::Duration,
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use parking_lot::Mutex;
 use probe_common::{
     config::ProbeConfig,
     cookie::cookie,
@@ -29,14 +38,16 @@ use tracing::warn;
 
 use super::{
     answers::AnswerSource,
-    raw::{addr_from, source_for, v4_bytes, RawSender},
+    raw::{addr_from, source_for, v4_bytes, Batch, RawSender},
     result::{CheckResult, Phases, Reason},
     spec::ProbeSpec,
     uring::{sys::monotonic_now, EngineStats, Job},
     Clock,
 };
 
-/// Most local-address lookups cached (one per target address).
+/// Pending-table shards (a power of two).
+const SHARDS: usize = 64;
+/// Most local-address lookups cached per sender.
 const SOURCE_CACHE: usize = 65536;
 
 /// One probe waiting for its answer.
@@ -49,125 +60,53 @@ struct Pending {
     deadline: Duration,
 }
 
-/// The worker's state.
-struct Worker {
-    /// Raw sockets.
-    sender: RawSender,
-    /// Where answers come from.
-    source: Box<dyn AnswerSource + Send>,
-    /// Ports, ICMP id and cookie key (the same the kernel programs were given).
-    cfg: ProbeConfig,
-    /// Probes in flight by key.
-    pending: HashMap<StampKey, Pending>,
+/// One shard of the pending table: probes by key, and their deadlines.
+#[derive(Default)]
+struct Shard {
+    /// Probes in flight.
+    map: HashMap<StampKey, Pending, foldhash::fast::FixedState>,
     /// Deadlines, earliest first (stale entries are skipped when popped).
     deadlines: BinaryHeap<Reverse<(Duration, StampKey)>>,
-    /// Local address per target address.
-    sources: HashMap<IpAddr, IpAddr>,
-    /// Next source port.
-    next_port: u16,
-    /// Next ICMP sequence number.
-    next_seq: u16,
+}
+
+/// Probes in flight, sharded so senders and the collector rarely meet on a lock.
+struct Table {
+    /// The shards.
+    shards: Vec<Mutex<Shard>>,
+    /// Hasher choosing a shard.
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Table {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
+
+    fn shard(&self, key: &StampKey) -> &Mutex<Shard> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        &self.shards[usize::try_from(std::hash::Hasher::finish(&h)).unwrap_or(0) & (SHARDS - 1)]
+    }
+}
+
+/// What the senders and the collector share.
+struct Shared {
+    /// Probes in flight.
+    table: Table,
     /// Results out.
     results: Sender<CheckResult>,
     /// Engine counters.
     stats: Arc<EngineStats>,
+    /// Which clock measures answers without a kernel stamp.
+    clock: Clock,
+    /// Set when the job queue closed and the senders are done.
+    senders_done: AtomicBool,
 }
 
-/// Start the stateless worker thread. Must be called from a thread in the network
-/// namespace the probes go out of (the raw sockets are opened here).
-///
-/// # Errors
-/// Raw sockets cannot be opened (needs CAP_NET_RAW).
-pub fn spawn(
-    source: Box<dyn AnswerSource + Send>,
-    cfg: ProbeConfig,
-    rx: Receiver<Job>,
-    results: Sender<CheckResult>,
-    stats: Arc<EngineStats>,
-) -> io::Result<JoinHandle<()>> {
-    let sender = RawSender::new()?;
-    let mut w = Worker {
-        sender,
-        source,
-        cfg,
-        pending: HashMap::new(),
-        deadlines: BinaryHeap::new(),
-        sources: HashMap::new(),
-        next_port: cfg.port_lo,
-        next_seq: 1,
-        results,
-        stats,
-    };
-    std::thread::Builder::new()
-        .name("sonde-stateless".into())
-        .spawn(move || w.run(&rx))
-}
-
-fn family_bytes(a: IpAddr) -> (u8, [u8; 16]) {
-    match a {
-        IpAddr::V4(v) => (probe_common::family::V4, v4_bytes(v)),
-        IpAddr::V6(v) => (probe_common::family::V6, v.octets()),
-    }
-}
-
-impl Worker {
-    fn run(&mut self, rx: &Receiver<Job>) {
-        let mut disconnected = false;
-        let mut answers: Vec<AnswerRecord> = Vec::with_capacity(1024);
-        loop {
-            for _ in 0..4096 {
-                match rx.try_recv() {
-                    Ok(job) => self.send(job),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
-                }
-            }
-            self.source.drain(&mut |r| answers.push(r));
-            for rec in answers.drain(..) {
-                self.answer(&rec);
-            }
-            self.expire();
-            if self.pending.is_empty() {
-                if disconnected {
-                    return;
-                }
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(job) => self.send(job),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => disconnected = true,
-                }
-                continue;
-            }
-            if !rx.is_empty() {
-                continue;
-            }
-            // Wake for answers, the next deadline, or at most 2 ms later for new jobs.
-            let now = monotonic_now();
-            let next = self
-                .deadlines
-                .peek()
-                .map_or(Duration::from_millis(2), |Reverse((d, _))| {
-                    d.saturating_sub(now)
-                });
-            self.source.wait(next.min(Duration::from_millis(2)));
-        }
-    }
-
-    fn local_for(&mut self, target: IpAddr) -> io::Result<IpAddr> {
-        if let Some(l) = self.sources.get(&target) {
-            return Ok(*l);
-        }
-        let l = source_for(target)?;
-        if self.sources.len() >= SOURCE_CACHE {
-            self.sources.clear();
-        }
-        self.sources.insert(target, l);
-        Ok(l)
-    }
-
+impl Shared {
     fn finish(
         &self,
         job: &Job,
@@ -192,80 +131,191 @@ impl Worker {
             cert_days_left: None,
         });
     }
+}
 
-    fn send(&mut self, job: Job) {
-        self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let now = monotonic_now();
+/// Start the stateless workers: `senders` sender threads and one collector. Must be
+/// called from a thread in the network namespace the probes go out of.
+///
+/// # Errors
+/// Raw sockets cannot be opened (needs CAP_NET_RAW).
+pub fn spawn(
+    source: Box<dyn AnswerSource + Send>,
+    cfg: ProbeConfig,
+    rx: Receiver<Job>,
+    results: Sender<CheckResult>,
+    stats: Arc<EngineStats>,
+    senders: usize,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let senders = senders.clamp(1, usize::from(cfg.port_hi - cfg.port_lo) + 1);
+    let shared = Arc::new(Shared {
+        table: Table::new(),
+        results,
+        stats,
+        clock: source.clock(),
+        senders_done: AtomicBool::new(false),
+    });
+    let mut handles = Vec::with_capacity(senders + 1);
+    let mut sender_handles = Vec::with_capacity(senders);
+    for i in 0..senders {
+        let mut s = SenderThread {
+            raw: RawSender::new()?,
+            cfg,
+            index: u16::try_from(i).unwrap_or(0),
+            stride: u16::try_from(senders).unwrap_or(1),
+            next_port: cfg.port_lo + u16::try_from(i).unwrap_or(0),
+            next_seq: u16::try_from(i).unwrap_or(0),
+            sources: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            batch: Batch::default(),
+            keys: Vec::with_capacity(super::raw::BATCH),
+            shared: Arc::clone(&shared),
+        };
+        let rx = rx.clone();
+        sender_handles.push(
+            std::thread::Builder::new()
+                .name(format!("sonde-send-{i}"))
+                .spawn(move || s.run(&rx))?,
+        );
+    }
+    let mut c = Collector {
+        raw: RawSender::new()?,
+        source,
+        shared: Arc::clone(&shared),
+        rsts: Batch::default(),
+    };
+    handles.push(
+        std::thread::Builder::new()
+            .name("sonde-collect".into())
+            .spawn(move || {
+                // The collector outlives the senders: it waits for their last probes.
+                c.run(sender_handles);
+            })?,
+    );
+    Ok(handles)
+}
+
+fn family_bytes(a: IpAddr) -> (u8, [u8; 16]) {
+    match a {
+        IpAddr::V4(v) => (probe_common::family::V4, v4_bytes(v)),
+        IpAddr::V6(v) => (probe_common::family::V6, v.octets()),
+    }
+}
+
+/// A sender: takes jobs, builds and sends probes in batches, registers them.
+struct SenderThread {
+    /// Raw sockets.
+    raw: RawSender,
+    /// Ports, ICMP id and cookie key.
+    cfg: ProbeConfig,
+    /// This sender's index: it uses ports `port_lo + index + k * stride`.
+    index: u16,
+    /// Number of senders.
+    stride: u16,
+    /// Next source port (of this sender's slice).
+    next_port: u16,
+    /// Next ICMP sequence number (of this sender's residue class).
+    next_seq: u16,
+    /// Local address per target address.
+    sources: HashMap<IpAddr, IpAddr, foldhash::fast::FixedState>,
+    /// Packets being built.
+    batch: Batch,
+    /// The batch's probes (key and job), in packet order.
+    keys: Vec<(StampKey, Job)>,
+    /// Shared with the collector.
+    shared: Arc<Shared>,
+}
+
+impl SenderThread {
+    fn run(&mut self, rx: &Receiver<Job>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(job) => self.build(job),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while !self.batch.is_full() {
+                match rx.try_recv() {
+                    Ok(job) => self.build(job),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.flush();
+        }
+        self.flush();
+    }
+
+    fn local_for(&mut self, target: IpAddr) -> io::Result<IpAddr> {
+        if let Some(l) = self.sources.get(&target) {
+            return Ok(*l);
+        }
+        let l = source_for(target)?;
+        if self.sources.len() >= SOURCE_CACHE {
+            self.sources.clear();
+        }
+        self.sources.insert(target, l);
+        Ok(l)
+    }
+
+    fn take_port(&mut self) -> u16 {
+        let p = self.next_port;
+        let next = u32::from(p) + u32::from(self.stride);
+        self.next_port = if next > u32::from(self.cfg.port_hi) {
+            self.cfg.port_lo + self.index
+        } else {
+            next as u16
+        };
+        p
+    }
+
+    /// Build one probe into the batch (its key is registered when the batch is sent).
+    fn build(&mut self, job: Job) {
+        self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
         let target = job.spec.target.addr;
         let local = match self.local_for(target) {
             Ok(l) => l,
             Err(e) => {
-                self.finish(
-                    &job,
-                    Reason::Local {
-                        detail: format!("no route to {target}: {e}"),
-                    },
-                    None,
-                    self.source.clock(),
-                    Duration::ZERO,
-                );
+                let reason = Reason::Local {
+                    detail: format!("no route to {target}: {e}"),
+                };
+                self.shared
+                    .finish(&job, reason, None, self.shared.clock, Duration::ZERO);
                 return;
             }
         };
         let (fam, l) = family_bytes(local);
         let (_, r) = family_bytes(target);
-        let sent = match &job.spec.probe {
+        let built = match &job.spec.probe {
             ProbeSpec::TcpSyn => {
                 let dport = job.spec.target.port;
-                // Skip ports whose previous probe to this target is still pending.
-                let mut key = StampKey::default();
-                for _ in 0..=(self.cfg.port_hi - self.cfg.port_lo) {
-                    let sport = self.next_port;
-                    self.next_port = if sport >= self.cfg.port_hi {
-                        self.cfg.port_lo
-                    } else {
-                        sport + 1
-                    };
-                    let seq = cookie(&self.cfg.cookie_key, &l, &r, sport, dport);
-                    key = StampKey {
-                        local: l,
-                        remote: r,
-                        local_port: sport,
-                        remote_port: dport,
-                        proto: proto::TCP,
-                        family: fam,
-                        _pad: [0; 2],
-                        seq,
-                    };
-                    if !self.pending.contains_key(&key) {
-                        break;
-                    }
-                }
+                let sport = self.take_port();
+                let seq = cookie(&self.cfg.cookie_key, &l, &r, sport, dport);
+                let key = StampKey {
+                    local: l,
+                    remote: r,
+                    local_port: sport,
+                    remote_port: dport,
+                    proto: proto::TCP,
+                    family: fam,
+                    _pad: [0; 2],
+                    seq,
+                };
                 let l4 = L4::Tcp {
-                    sport: key.local_port,
+                    sport,
                     dport,
-                    seq: key.seq,
+                    seq,
                     ack: 0,
                     flags: tcp_flags::SYN,
                     window: 1024,
                     options: &[],
                 };
-                self.sender.send(local, target, &l4).map(|()| key)
+                self.batch.push(local, target, &l4).map(|()| key)
             }
             ProbeSpec::Icmp => {
                 let seq = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1);
+                self.next_seq = self.next_seq.wrapping_add(self.stride);
                 let (pr, kind) = if fam == probe_common::family::V4 {
                     (proto::ICMP, 8)
                 } else {
                     (proto::ICMPV6, 128)
-                };
-                let l4 = L4::Icmp {
-                    kind,
-                    code: 0,
-                    id: self.cfg.icmp_id,
-                    seq,
-                    payload: b"sonde-probe-0000",
                 };
                 let key = StampKey {
                     local: l,
@@ -277,34 +327,86 @@ impl Worker {
                     _pad: [0; 2],
                     seq: 0,
                 };
-                self.sender.send(local, target, &l4).map(|()| key)
+                let l4 = L4::Icmp {
+                    kind,
+                    code: 0,
+                    id: self.cfg.icmp_id,
+                    seq,
+                    payload: b"sonde-probe-0000",
+                };
+                self.batch.push(local, target, &l4).map(|()| key)
             }
             other => {
                 let detail = format!("{} is not a stateless probe", other.kind());
-                self.finish(
+                self.shared.finish(
                     &job,
                     Reason::Local { detail },
                     None,
-                    self.source.clock(),
+                    self.shared.clock,
                     Duration::ZERO,
                 );
                 return;
             }
         };
-        match sent {
-            Ok(key) => {
-                let deadline = now + job.spec.timeout;
-                self.deadlines.push(Reverse((deadline, key)));
-                self.pending.insert(
-                    key,
-                    Pending {
-                        job,
-                        sent: now,
-                        deadline,
-                    },
+        match built {
+            Ok(key) => self.keys.push((key, job)),
+            Err(e) => self.shared.finish(
+                &job,
+                Reason::Local {
+                    detail: format!("building probe: {e}"),
+                },
+                None,
+                self.shared.clock,
+                Duration::ZERO,
+            ),
+        }
+    }
+
+    /// Register the batch's probes, then send it. Registering first means an answer can
+    /// never arrive before its probe is known.
+    fn flush(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let now = monotonic_now();
+        for (key, job) in &self.keys {
+            let deadline = now + job.spec.timeout;
+            let mut shard = self.shared.table.shard(key).lock();
+            if let Some(old) = shard.map.insert(
+                *key,
+                Pending {
+                    job: job.clone(),
+                    sent: now,
+                    deadline,
+                },
+            ) {
+                // The same port/sequence came round again before the last probe on it
+                // was answered: that probe can no longer be told apart; end it.
+                drop(shard);
+                self.shared.finish(
+                    &old.job,
+                    Reason::Timeout,
+                    None,
+                    self.shared.clock,
+                    now.saturating_sub(old.sent),
                 );
+                shard = self.shared.table.shard(key).lock();
             }
-            Err(e) => {
+            shard.deadlines.push(Reverse((deadline, *key)));
+        }
+        let mut errors = Vec::new();
+        self.raw.send_batch(&mut self.batch, &mut errors);
+        for (i, e) in errors {
+            let (key, job) = &self.keys[i];
+            if self
+                .shared
+                .table
+                .shard(key)
+                .lock()
+                .map
+                .remove(key)
+                .is_some()
+            {
                 let reason = match e.raw_os_error() {
                     Some(libc::EHOSTUNREACH) => Reason::Unreachable {
                         icmp_type: 3,
@@ -318,13 +420,62 @@ impl Worker {
                         detail: format!("send: {e}"),
                     },
                 };
-                self.finish(&job, reason, None, self.source.clock(), Duration::ZERO);
+                self.shared
+                    .finish(job, reason, None, self.shared.clock, Duration::ZERO);
             }
         }
+        self.keys.clear();
+    }
+}
+
+/// The collector: answers in, results and RSTs out, deadlines enforced.
+struct Collector {
+    /// Raw sockets for the RSTs.
+    raw: RawSender,
+    /// Where answers come from.
+    source: Box<dyn AnswerSource + Send>,
+    /// Shared with the senders.
+    shared: Arc<Shared>,
+    /// RSTs being built.
+    rsts: Batch,
+}
+
+impl Collector {
+    fn run(&mut self, senders: Vec<JoinHandle<()>>) {
+        let shared = Arc::clone(&self.shared);
+        let watcher = std::thread::spawn(move || {
+            for h in senders {
+                if h.join().is_err() {
+                    warn!("stateless sender panicked");
+                }
+            }
+            shared.senders_done.store(true, Ordering::Release);
+        });
+        let mut answers: Vec<AnswerRecord> = Vec::with_capacity(1024);
+        loop {
+            self.source.wait(Duration::from_millis(1));
+            self.source.drain(&mut |r| answers.push(r));
+            for rec in answers.drain(..) {
+                self.answer(&rec);
+            }
+            self.send_rsts();
+            let pending = self.expire();
+            if pending == 0 && self.shared.senders_done.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let _ = watcher.join();
     }
 
     fn answer(&mut self, rec: &AnswerRecord) {
-        let Some(p) = self.pending.remove(&rec.key) else {
+        let Some(p) = self
+            .shared
+            .table
+            .shard(&rec.key)
+            .lock()
+            .map
+            .remove(&rec.key)
+        else {
             return;
         };
         let now = monotonic_now();
@@ -355,35 +506,59 @@ impl Worker {
                 window: 0,
                 options: &[],
             };
-            if let Err(e) = self.sender.send(
+            let _ = self.rsts.push(
                 addr_from(k.family, &k.local),
                 addr_from(k.family, &k.remote),
                 &l4,
-            ) {
-                warn!(error = %e, "RST after SYN-ACK failed; the target keeps a half-open connection until it times out");
+            );
+            if self.rsts.is_full() {
+                self.send_rsts();
             }
         }
-        self.finish(&p.job, reason, Some(rtt), clock, now.saturating_sub(p.sent));
+        self.shared
+            .finish(&p.job, reason, Some(rtt), clock, now.saturating_sub(p.sent));
     }
 
-    fn expire(&mut self) {
+    fn send_rsts(&mut self) {
+        if self.rsts.is_empty() {
+            return;
+        }
+        let mut errors = Vec::new();
+        self.raw.send_batch(&mut self.rsts, &mut errors);
+        if let Some((_, e)) = errors.first() {
+            warn!(error = %e, failed = errors.len(), "RST after SYN-ACK failed; the target keeps a half-open connection until it times out");
+        }
+    }
+
+    /// Expire probes past their deadline; returns how many are still pending.
+    fn expire(&mut self) -> usize {
         let now = monotonic_now();
-        while let Some(Reverse((d, key))) = self.deadlines.peek().copied() {
-            if d > now {
-                break;
-            }
-            self.deadlines.pop();
-            if self.pending.get(&key).is_some_and(|p| p.deadline == d) {
-                if let Some(p) = self.pending.remove(&key) {
-                    self.finish(
-                        &p.job,
-                        Reason::Timeout,
-                        None,
-                        self.source.clock(),
-                        now.saturating_sub(p.sent),
-                    );
+        let mut pending = 0;
+        let mut expired = Vec::new();
+        for shard in &self.shared.table.shards {
+            let mut s = shard.lock();
+            while let Some(Reverse((d, key))) = s.deadlines.peek().copied() {
+                if d > now {
+                    break;
+                }
+                s.deadlines.pop();
+                if s.map.get(&key).is_some_and(|p| p.deadline == d) {
+                    if let Some(p) = s.map.remove(&key) {
+                        expired.push(p);
+                    }
                 }
             }
+            pending += s.map.len();
         }
+        for p in expired {
+            self.shared.finish(
+                &p.job,
+                Reason::Timeout,
+                None,
+                self.shared.clock,
+                now.saturating_sub(p.sent),
+            );
+        }
+        pending
     }
 }

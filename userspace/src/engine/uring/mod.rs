@@ -83,6 +83,8 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Jobs buffered per worker channel before `submit` blocks.
     pub queue: usize,
+    /// Threads sending stateless (SYN, ICMP) probes; one more collects their answers.
+    pub stateless_senders: usize,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +94,8 @@ impl Default for EngineConfig {
             ring_entries: 1024,
             max_in_flight: 4096,
             queue: 65536,
+            stateless_senders: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZero::get),
         }
     }
 }
@@ -176,8 +180,8 @@ pub struct StatelessParts {
 pub struct Engine {
     /// Workers; jobs are spread by sequence number.
     workers: Vec<WorkerHandle>,
-    /// The stateless (SYN, ICMP) worker, when raw probing is set up.
-    stateless: Option<(Sender<Job>, JoinHandle<()>)>,
+    /// The stateless (SYN, ICMP) workers, when raw probing is set up.
+    stateless: Option<(Sender<Job>, Vec<JoinHandle<()>>)>,
     /// For results the engine produces itself (a probe kind it cannot run).
     results_tx: Sender<CheckResult>,
     /// Results of every probe, in completion order.
@@ -252,6 +256,7 @@ impl Engine {
                     rx,
                     rtx.clone(),
                     Arc::clone(&stats),
+                    cfg.stateless_senders,
                 )?;
                 Some((tx, h))
             }
@@ -315,10 +320,12 @@ impl Engine {
         let Engine {
             workers, stateless, ..
         } = self;
-        if let Some((tx, h)) = stateless {
+        if let Some((tx, hs)) = stateless {
             drop(tx);
-            if h.join().is_err() {
-                warn!("stateless worker panicked");
+            for h in hs {
+                if h.join().is_err() {
+                    warn!("stateless worker panicked");
+                }
             }
         }
         for w in workers {
