@@ -101,6 +101,9 @@ pub struct HttpReply {
     pub body: Vec<u8>,
     /// Wait this long after reading the request, before answering.
     pub delay: Duration,
+    /// Keep the connection open for more requests (HTTP/1.1 keep-alive), closing it
+    /// after this idle time; `None`: `Connection: close` after one response.
+    pub keepalive: Option<Duration>,
 }
 
 impl HttpReply {
@@ -112,12 +115,18 @@ impl HttpReply {
             headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            keepalive: None,
         }
     }
 
     fn bytes(&self) -> Vec<u8> {
+        let conn = if self.keepalive.is_some() {
+            "keep-alive"
+        } else {
+            "close"
+        };
         let mut out = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: {conn}\r\n",
             self.status,
             self.body.len()
         )
@@ -164,6 +173,23 @@ pub fn http_server(
     reply: HttpReply,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> (Server, Seen) {
+    let (server, seen, _) = http_server_counting(ns, addr, reply, tls);
+    (server, seen)
+}
+
+/// [`http_server`], also counting the connections it accepted.
+///
+/// # Panics
+/// The address cannot be bound.
+#[must_use]
+pub fn http_server_counting(
+    ns: &Netns,
+    addr: &str,
+    reply: HttpReply,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (Server, Seen, Arc<std::sync::atomic::AtomicUsize>) {
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = Arc::clone(&connections);
     let addr = addr.to_owned();
     let l = ns
         .run(move || TcpListener::bind(addr))
@@ -178,16 +204,20 @@ pub fn http_server(
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             };
+            conns2.fetch_add(1, Ordering::Relaxed);
             let (reply, seen, tls) = (reply.clone(), Arc::clone(&seen2), tls.clone());
             std::thread::spawn(move || {
                 let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let answer = |st: &mut dyn ReadWrite| {
+                let _ = s.set_read_timeout(Some(reply.keepalive.unwrap_or(Duration::from_secs(5))));
+                let answer = |st: &mut dyn ReadWrite| loop {
                     let Some(req) = read_request(st) else { return };
                     seen.lock().expect("lock").push(req);
                     std::thread::sleep(reply.delay);
                     let _ = st.write_all(&reply.bytes());
                     let _ = st.flush();
+                    if reply.keepalive.is_none() {
+                        return;
+                    }
                 };
                 match tls {
                     Some(cfg) => {
@@ -204,7 +234,7 @@ pub fn http_server(
             });
         }
     });
-    (server, seen)
+    (server, seen, connections)
 }
 
 /// Read + Write, object-safe.

@@ -16,7 +16,7 @@ pub mod sys;
 pub use prepared::{PrepareError, Prepared};
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     io,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -38,7 +38,7 @@ use self::{
 use super::{
     answers::AnswerSource,
     result::{CheckResult, Reason},
-    spec::{CheckSpec, ProbeSpec},
+    spec::{CheckId, CheckSpec, ProbeSpec},
 };
 use probe_common::config::ProbeConfig;
 
@@ -239,6 +239,7 @@ impl Engine {
                         waker: wk,
                         wake_armed: false,
                         stats: st,
+                        pool: HashMap::new(),
                     };
                     w.run();
                 })?;
@@ -295,7 +296,16 @@ impl Engine {
             return tx.send(job).map_err(|e| e.0);
         }
         let n = self.workers.len() as u64;
-        let w = &self.workers[usize::try_from(job.seq % n).unwrap_or(0)];
+        // Keep-alive checks always go to the same worker, which parks their connection.
+        let key = match &job.spec.probe {
+            ProbeSpec::Http(h) if h.keepalive => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&job.spec.id, &mut hasher);
+                std::hash::Hasher::finish(&hasher)
+            }
+            _ => job.seq,
+        };
+        let w = &self.workers[usize::try_from(key % n).unwrap_or(0)];
         w.tx.send(job).map_err(|e| e.0)?;
         if w.waker.sleeping.swap(false, Ordering::AcqRel) {
             w.waker.fd.wake();
@@ -365,7 +375,14 @@ struct Worker {
     wake_armed: bool,
     /// Counters.
     stats: Arc<EngineStats>,
+    /// Idle keep-alive connections by check (HTTP checks with `keepalive`).
+    pool: HashMap<CheckId, slot::Idle>,
 }
+
+/// Most idle keep-alive connections a worker parks (each holds a socket).
+const POOL_MAX: usize = 4096;
+/// Idle connections older than this are closed instead of reused.
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl Worker {
     fn run(&mut self) {
@@ -465,7 +482,18 @@ impl Worker {
 
     fn start(&mut self, job: Job) {
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let slot = match Slot::new(job) {
+        self.start_with(job, true);
+    }
+
+    fn start_with(&mut self, job: Job, may_reuse: bool) {
+        let pooled = if may_reuse {
+            self.pool
+                .remove(&job.spec.id)
+                .filter(|i| sys::monotonic_now().saturating_sub(i.since) < POOL_IDLE)
+        } else {
+            None
+        };
+        let slot = match Slot::new(job, pooled) {
             Ok(s) => s,
             Err(result) => {
                 self.stats.socket_errors.fetch_add(1, Ordering::Relaxed);
@@ -538,6 +566,23 @@ impl Worker {
         if let Some(mut slot) = self.slots[idx as usize].take() {
             self.free.push(idx);
             self.in_flight -= 1;
+            if slot.wants_retry() {
+                // The parked connection had been closed by the server: run the probe
+                // again on a new connection; the target is not judged by that.
+                let job = slot.job().clone();
+                self.start_with(job, false);
+                return;
+            }
+            if let Some(idle) = slot.take_idle() {
+                if self.pool.len() >= POOL_MAX {
+                    let now = sys::monotonic_now();
+                    self.pool
+                        .retain(|_, i| now.saturating_sub(i.since) < POOL_IDLE);
+                }
+                if self.pool.len() < POOL_MAX {
+                    self.pool.insert(slot.job().spec.id.clone(), idle);
+                }
+            }
             let r = slot.take_result();
             self.finish_result(r);
         }

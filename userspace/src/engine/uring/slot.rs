@@ -136,6 +136,23 @@ pub(super) struct Slot {
     kind: Kind,
     /// The verdict, once decided.
     verdict: Option<Reason>,
+    /// The connection came from the keep-alive pool (no connect, no handshake).
+    reused: bool,
+    /// The exchange ended cleanly on a reusable connection: keep it for the next probe.
+    keep: bool,
+    /// A reused connection was found closed before any answer: run the probe again
+    /// on a fresh connection (not a verdict on the target).
+    retry: bool,
+}
+
+/// An idle keep-alive connection of one HTTP(S) check, parked between probes.
+pub(super) struct Idle {
+    /// The connected socket.
+    pub(super) fd: OwnedFd,
+    /// Its TLS session, for HTTPS.
+    pub(super) tls: Option<rustls::ClientConnection>,
+    /// When it was parked (CLOCK_MONOTONIC), for the idle timeout.
+    pub(super) since: Duration,
 }
 
 fn http_state(
@@ -189,7 +206,7 @@ fn local(detail: String) -> Reason {
 impl Slot {
     /// Prepare a probe: its socket, address and deadline. A probe that cannot start
     /// (no socket: fd limit) yields its failed result instead.
-    pub(super) fn new(job: Job) -> Result<Box<Slot>, Box<CheckResult>> {
+    pub(super) fn new(job: Job, pooled: Option<Idle>) -> Result<Box<Slot>, Box<CheckResult>> {
         let started = sys::monotonic_now();
         let spec = &job.spec;
         let target = std::net::SocketAddr::new(spec.target.addr, spec.target.port);
@@ -223,14 +240,23 @@ impl Slot {
                 return Err(Box::new(result_of(&job, started, r, Phases::default())));
             }
         };
-        let fd = match sys::socket(&target, sock_type) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let r = local(format!("socket: {e}"));
-                return Err(Box::new(result_of(&job, started, r, Phases::default())));
+        let mut kind = kind;
+        let reused = pooled.is_some();
+        let fd = if let Some(idle) = pooled {
+            if let Kind::Http(h) = &mut kind {
+                h.tls = idle.tls;
+            }
+            idle.fd
+        } else {
+            match sys::socket(&target, sock_type) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let r = local(format!("socket: {e}"));
+                    return Err(Box::new(result_of(&job, started, r, Phases::default())));
+                }
             }
         };
-        if sock_type == libc::SOCK_STREAM {
+        if sock_type == libc::SOCK_STREAM && !reused {
             sys::linger_zero(&fd);
         }
         let deadline = sys::abs_timespec(started + spec.timeout);
@@ -246,6 +272,9 @@ impl Slot {
             inbuf: Vec::new(),
             kind,
             verdict: None,
+            reused,
+            keep: false,
+            retry: false,
             job,
         }))
     }
@@ -253,6 +282,7 @@ impl Slot {
     /// The first operations of the probe.
     pub(super) fn first_ops(&mut self, _idx: u32, ops: &mut Vec<Op>) {
         match self.kind {
+            Kind::Http(_) if self.reused => self.http_reuse(ops),
             Kind::Connect | Kind::Http(_) => ops.push(Op::Connect),
             Kind::Udp { .. } | Kind::Dns { .. } => {
                 // UDP connect completes at once; it makes ICMP errors arrive as
@@ -319,11 +349,71 @@ impl Slot {
     fn decide(&mut self, r: Reason) {
         if self.verdict.is_none() {
             self.phases.total = Some(self.elapsed());
+            // A parked connection the server closed meanwhile says nothing about the
+            // target: try again on a fresh one.
+            if self.reused
+                && self.phases.first_byte.is_none()
+                && matches!(r, Reason::ConnectionClosed { .. })
+            {
+                self.retry = true;
+            }
             self.verdict = Some(r);
-            // Close now: nothing of ours uses the socket any more, and with
-            // SO_LINGER 0 a TCP close resets at once (no TIME_WAIT on either side).
-            self.fd = None;
+            if !self.keep {
+                // Close now: nothing of ours uses the socket any more, and with
+                // SO_LINGER 0 a TCP close resets at once (no TIME_WAIT on either side).
+                self.fd = None;
+            }
         }
+    }
+
+    /// Whether the probe must run again on a fresh connection.
+    pub(super) fn wants_retry(&self) -> bool {
+        self.retry
+    }
+
+    /// The job, to run it again.
+    pub(super) fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The connection to park for the check's next probe, if the exchange left it
+    /// reusable.
+    pub(super) fn take_idle(&mut self) -> Option<Idle> {
+        if !self.keep || self.retry {
+            return None;
+        }
+        let fd = self.fd.take()?;
+        let tls = match &mut self.kind {
+            Kind::Http(h) => h.tls.take(),
+            _ => None,
+        };
+        Some(Idle {
+            fd,
+            tls,
+            since: sys::monotonic_now(),
+        })
+    }
+
+    /// A parked connection: send the request at once (encrypted on the existing TLS
+    /// session for HTTPS).
+    fn http_reuse(&mut self, ops: &mut Vec<Op>) {
+        let Kind::Http(h) = &mut self.kind else {
+            return;
+        };
+        self.out.clear();
+        self.out_off = 0;
+        match h.tls.as_mut() {
+            Some(conn) => {
+                if std::io::Write::write_all(&mut conn.writer(), &h.request).is_err() {
+                    self.decide(local("tls: request could not be queued".into()));
+                    return;
+                }
+                tls::drain_out(conn, &mut self.out);
+            }
+            None => self.out.extend_from_slice(&h.request),
+        }
+        h.request_queued = true;
+        ops.push(Op::Send);
     }
 
     /// React to one completion; push follow-up operations into `ops`.
@@ -494,7 +584,12 @@ impl Slot {
             };
             h.plain.clear();
             verdict = match progress {
-                Ok(Progress::Done) => Some(judge_http(h, &self.job)),
+                Ok(Progress::Done) => {
+                    let spec_keep =
+                        matches!(&self.job.spec.probe, ProbeSpec::Http(sp) if sp.keepalive);
+                    self.keep = spec_keep && h.parser.keepalive_ok();
+                    Some(judge_http(h, &self.job))
+                }
                 Ok(Progress::NeedMore) if n == 0 => Some(match h.parser.finish_eof() {
                     Ok(()) => judge_http(h, &self.job),
                     Err(e) => http_error_reason(&e),
