@@ -7,7 +7,17 @@
 #                       a listener on :80 (SYN-ACK), nothing on :81 (RST) nor udp :33434
 #                       (ICMP port unreachable, icmp_ratemask=0), ICMP echo answered.
 # Rows: SYN :80 (sonde syn | zmap | masscan), ICMP echo (sonde icmp | zmap | fping),
-#       UDP :33434 (sonde udp | zmap udp), TCP connect :81 (sonde connect | nmap -sT | tokio).
+#       UDP :33434 (sonde udp | zmap udp), TCP connect :81 (sonde connect | nmap -sT | tokio),
+#       HTTP GET /health from nginx on :8080, a new connection each (sonde http | wrk and h2load
+#       with Connection: close | tokio+hyper), and keep-alive (sonde http-keepalive | wrk).
+# HTTP rows (only when ONLY has one): nginx in the target namespace with a config of our own in a
+# temp dir (NGINX_WORKERS worker processes, access_log off, listens on 198.18.0.2:8080 and
+# *:8080, so on all of 198.19.0.0/16), started before the runs and stopped by its pid. wrk and
+# h2load take one host per run, so every HTTP tool hits the one address HTTP_ADDR with
+# HTTP_CONNS connections (sonde: --inflight checks at once); "sonde-many" (http row only, not in
+# the ratios) is sonde over HTTP_MANY, one check per address. A probe = a request that reached
+# nginx (nft: TCP to :8080 with a payload); matched = status 200 (wrk: requests minus non-2xx/3xx;
+# h2load: 2xx; sonde and hyper: 200 and a body containing "OK").
 # Measured per run: probes that reached the target (nft counters on vt0 ingress), answers
 # matched (the tool's own count where it gives one, else answers that reached the prober:
 # vp0 rx), per second of active time (0.2 s samples of the target's rx, each weighted by its
@@ -17,7 +27,11 @@
 # Env: DUR (s per run, 1-30, default 5), RATE (asked of zmap/masscan, default 1000000),
 #      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp, default 16384),
 #      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
-#      e.g. "syn icmp"), SYN_PORT (80 open, default; 81 closed).
+#      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
+#      SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
+#      every HTTP tool, default 64), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
+#      198.19.0.0/16), NGINX_WORKERS (default 1), H2LOAD_RATE (h2load runs -n H2LOAD_RATE*DUR
+#      requests, since its -D mode never ends with Connection: close; default 40000).
 # Output: a table on stdout, bench/out/engine-<timestamp>.tsv, raw logs in bench/out/engine-<timestamp>/.
 set -euo pipefail
 
@@ -27,8 +41,15 @@ if [ "$DUR" -lt 1 ] || [ "$DUR" -gt 30 ]; then echo "DUR must be 1-30" >&2; exit
 RATE=${RATE:-1000000}
 INFLIGHT=${INFLIGHT:-4096}
 INFLIGHT_RAW=${INFLIGHT_RAW:-16384}
-ONLY=${ONLY:-syn icmp udp connect}
+ONLY=${ONLY:-syn icmp udp connect http http-keepalive}
 SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
+HTTP_PORT=8080
+HTTP_ADDR=${HTTP_ADDR:-198.19.0.1}
+HTTP_MANY=${HTTP_MANY:-198.19.0.0/16}
+HTTP_CONNS=${HTTP_CONNS:-64}
+NGINX_WORKERS=${NGINX_WORKERS:-1}
+H2LOAD_RATE=${H2LOAD_RATE:-40000}
+HTTP_URL=http://$HTTP_ADDR:$HTTP_PORT/health
 BIN=${SONDE_BENCH:-$ROOT/target/release/sonde-bench}
 TARGETS=198.19.0.0/16
 P=sonde-bench-p$$
@@ -38,6 +59,8 @@ OUT=$ROOT/bench/out
 LOGS=$OUT/engine-$STAMP
 TSV=$OUT/engine-$STAMP.tsv
 LISTENER=   # pid of the :80 listener
+NGINX=      # pid of nginx's timeout (process group of nginx's master and workers)
+NGX=        # nginx's temp dir (config, pid file, error log, temp paths)
 SAMPLER=    # pid of the running sampler's timeout
 GROUP=      # process group of the running tool (its timeout's pid)
 BG=0        # machine busy % just before the current run
@@ -46,6 +69,7 @@ cleanup() {
   [ -z "$GROUP" ] || kill -KILL -- "-$GROUP" 2>/dev/null || true
   [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
   [ -z "$LISTENER" ] || kill "$LISTENER" 2>/dev/null || true
+  nginx_stop
   ip netns del "$P" 2>/dev/null || true
   ip netns del "$T" 2>/dev/null || true
 }
@@ -55,12 +79,18 @@ trap 'exit 130' INT TERM
 inP() { ip netns exec "$P" "$@"; }
 inT() { ip netns exec "$T" "$@"; }
 
+http_rows() { [[ " $ONLY " == *" http "* || " $ONLY " == *" http-keepalive "* ]]; }
+
 deps() {
   local missing=() t
   for t in masscan zmap fping nmap nft; do command -v "$t" >/dev/null || missing+=("$t"); done
+  if http_rows; then
+    for t in nginx wrk h2load; do command -v "$t" >/dev/null || missing+=("$t"); done
+  fi
   [ -x /usr/bin/time ] || missing+=(time)
   [ ${#missing[@]} -eq 0 ] && return 0
   missing=("${missing[@]/nft/nftables}")
+  missing=("${missing[@]/h2load/nghttp2-client}")
   echo "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -94,6 +124,8 @@ table netdev sb {
     tcp flags & (syn | ack | rst) == syn counter comment "syn"
     icmp type echo-request counter comment "echo"
     udp dport 33434 counter comment "udp"
+    tcp dport 8080 tcp flags & (syn | ack | rst) == syn counter comment "conn"
+    tcp dport 8080 ip length > 80 counter comment "req"
   }
 }
 EOF
@@ -102,8 +134,69 @@ EOF
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 80)); s.listen(65535); time.sleep(int(sys.argv[1]))' "$((DUR * 40 + 300))" </dev/null >/dev/null 2>&1 &
   LISTENER=$!
+  if http_rows; then nginx_start; fi
   sleep 0.5
   inP ping -c1 -W1 198.19.0.1 >/dev/null
+}
+
+# nginx in the target namespace: config, pid file, logs and temp paths in a temp dir of our own;
+# runs in the foreground (daemon off) under a timeout (bounded life), stopped by that pid.
+nginx_start() {
+  NGX=$(mktemp -d /tmp/sonde-bench-nginx.XXXXXX)
+  chmod 755 "$NGX"
+  cat >"$NGX/nginx.conf" <<EOF
+daemon off;
+worker_processes $NGINX_WORKERS;
+worker_rlimit_nofile 20000;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $NGX/body;
+  proxy_temp_path $NGX/proxy;
+  fastcgi_temp_path $NGX/fastcgi;
+  uwsgi_temp_path $NGX/uwsgi;
+  scgi_temp_path $NGX/scgi;
+  server {
+    listen $HTTP_PORT backlog=65535;
+    listen 198.18.0.2:$HTTP_PORT;
+    location = /health { return 200 "OK\n"; }
+  }
+}
+EOF
+  timeout -k 5 $((DUR * 40 + 300)) ip netns exec "$T" \
+    nginx -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" </dev/null >"$NGX/out.log" 2>&1 &
+  NGINX=$!
+  local up=0
+  for _ in $(seq 50); do
+    kill -0 "$NGINX" 2>/dev/null || break
+    if [ -s "$NGX/nginx.pid" ] && inP bash -c "exec 3<>/dev/tcp/$HTTP_ADDR/$HTTP_PORT" 2>/dev/null
+    then up=1; break; fi
+    sleep 0.1
+  done
+  if [ "$up" = 0 ]; then
+    echo "nginx did not start:" >&2; cat "$NGX/out.log" "$NGX/error.log" >&2 2>/dev/null; exit 1
+  fi
+}
+nginx_stop() {
+  if [ -n "$NGINX" ]; then
+    kill -TERM "$NGINX" 2>/dev/null || true   # timeout passes it on to nginx's master
+    for _ in $(seq 50); do kill -0 "$NGINX" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$NGINX" 2>/dev/null || true   # its process group: master and workers
+    wait "$NGINX" 2>/dev/null || true
+    NGINX=
+  fi
+  [ -z "$NGX" ] || rm -rf "$NGX"
+  NGX=
+}
+# CPU ticks used so far by nginx (master and workers; 0 without nginx).
+nginx_ticks() {
+  local m
+  m=$( [ -n "$NGX" ] && cat "$NGX/nginx.pid" 2>/dev/null) || { echo 0; return; }
+  # shellcheck disable=SC2046  # one word per pid
+  cat "/proc/$m/stat" $(pgrep -P "$m" | sed 's|.*|/proc/&/stat|') 2>/dev/null |
+    awk '{ sub(/.*\) /, ""); t += $12 + $13 } END { print t + 0 }'
 }
 
 nft_count() {  # KIND -> packets counted so far
@@ -138,9 +231,10 @@ run() {
       echo "$EPOCHREALTIME $rx $tx $u $n $s $i $w $q $sq $st"; sleep 0.2; done' >"$smp" &
   SAMPLER=$!
   sleep 0.5
-  local p0 r0 a0
+  local p0 r0 a0 c0 n0
   quiet
   p0=$(nft_count "$kind"); r0=$(ctr "$P" vp0 rx_packets); a0=$(ctr "$T" vt0 tx_packets)
+  c0=$(nft_count conn); n0=$(nginx_ticks)
   timeout -s INT -k 5 $((DUR + 12)) /usr/bin/time -o "$log.time" -f "%e %U %S" \
     ip netns exec "$P" "$@" >"$log" 2>&1 &
   GROUP=$!
@@ -153,7 +247,8 @@ run() {
   SAMPLER=
   [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || echo "  ($name exited with $rc, see $log)" >&2
   echo "$(($(nft_count "$kind") - p0)) $(($(ctr "$P" vp0 rx_packets) - r0)) \
-$(($(ctr "$T" vt0 tx_packets) - a0))" >"$log.counts"
+$(($(ctr "$T" vt0 tx_packets) - a0)) $(($(nft_count conn) - c0)) $(($(nginx_ticks) - n0)) \
+$(getconf CLK_TCK)" >"$log.counts"
 }
 
 # row WORK TOOL MATCHED_SOURCE : append one TSV line (numbers from the logs of the last run)
@@ -161,7 +256,7 @@ row() {
   python3 - "$1" "$2" "$3" "$LOGS/$2-$1.log" "$BG" <<'EOF' >>"$TSV"
 import json, os, re, sys
 work, tool, src, log, bg = sys.argv[1:]
-probes, prober_rx, answers = (int(x) for x in open(log + ".counts").read().split())
+probes, prober_rx, answers, conns, server_ticks, hz = (int(x) for x in open(log + ".counts").read().split())
 rows = [[float(x) for x in l.split()] for l in open(log.replace(".log", ".samples")) if len(l.split()) == 11]
 iv = [(a, b) for a, b in zip(rows, rows[1:]) if b[0] > a[0]]
 rate = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in iv]
@@ -187,14 +282,26 @@ elif src == "zmap":
     matched = m.get("success_total", 0) + m.get("failure_total", 0)
 elif src == "fping":
     matched = sum(int(b) for a, b in re.findall(r"xmt/rcv/%loss = (\d+)/(\d+)", txt))
+elif src == "wrk":
+    done = re.search(r"(\d+) requests in", txt)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", txt)
+    matched = (int(done.group(1)) if done else 0) - (int(bad.group(1)) if bad else 0)
+elif src == "h2load":
+    ok = re.search(r"status codes: (\d+) 2xx", txt)
+    matched = int(ok.group(1)) if ok else 0
 pct = 100 * matched / probes if probes else 0
 # machine CPU time per matched answer, in microseconds (all cores, steady state)
 # user time on the machine that was not the tool's: other work (a build, tests) disturbed the run
 foreign = (cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs
 per = machine / 100 * (os.cpu_count() or 1) * 1e6 / (matched / secs) if matched else 0
+# HTTP rows: nginx's CPU (1 core = 100 %) and new connections per request that reached it
+http = work.startswith("http")
+server = f"{100 * server_ticks / hz / secs:.0f}" if http else "-"
+cpr = f"{conns / probes:.3f}" if http and probes else "-"
 print("\t".join([work, tool, f"{probes / secs:.0f}", f"{matched / secs:.0f}", f"{pct:.1f}",
                  f"{100 * (us + sy) / secs:.0f}", f"{machine:.0f}", f"{secs:.2f}", src,
-                 str(probes), str(matched), str(answers), bg, f"{per:.1f}", f"{max(foreign, 0):.2f}"]))
+                 str(probes), str(matched), str(answers), bg, f"{per:.1f}", f"{max(foreign, 0):.2f}",
+                 server, cpr]))
 EOF
   tail -1 "$TSV" | cut -f1-7
 }
@@ -226,6 +333,29 @@ work_udp() {
   sonde udp udp 33434 "$INFLIGHT"; row udp sonde sonde
   zmap_run zmap-udp udp -M udp -p 33434 --probe-args=text:sonde-bench; row udp zmap zmap
 }
+# HTTP: every tool against HTTP_URL with HTTP_CONNS connections (wrk/h2load: one host per run).
+sonde_http() {  # NAME WORK TARGETS
+  run "$1" req "$BIN" "$2" --duration "$DUR" --targets "$3" --port "$HTTP_PORT" --path /health \
+    --expect-body OK --inflight "$HTTP_CONNS" --threads 2
+}
+work_http() {
+  sonde_http sonde-http http "$HTTP_ADDR"; row http sonde sonde
+  run wrk-http req wrk -t2 -c"$HTTP_CONNS" -d"${DUR}s" -H "Connection: close" "$HTTP_URL"
+  row http wrk wrk
+  # h2load's timing mode (-D) never finishes with Connection: close: a request count instead.
+  run h2load-http req h2load --h1 -n $((H2LOAD_RATE * DUR)) -c "$HTTP_CONNS" -t 2 -m 1 \
+    -H "Connection: close" "$HTTP_URL"
+  row http h2load h2load
+  run hyper-http req "$BIN" http-hyper --duration "$DUR" --targets "$HTTP_ADDR" \
+    --port "$HTTP_PORT" --path /health --expect-body OK --inflight "$HTTP_CONNS" --threads 2
+  row http hyper sonde
+  sonde_http sonde-many-http http "$HTTP_MANY"; row http sonde-many sonde
+}
+work_http_keepalive() {
+  sonde_http sonde-http-keepalive http-keepalive "$HTTP_ADDR"; row http-keepalive sonde sonde
+  run wrk-http-keepalive req wrk -t2 -c"$HTTP_CONNS" -d"${DUR}s" "$HTTP_URL"
+  row http-keepalive wrk wrk
+}
 work_connect() {
   sonde connect syn 81 "$INFLIGHT"; row connect sonde sonde
   run nmap-connect syn timeout -s INT "$DUR" nmap -n -Pn -sT -p 81 --min-rate 1000000 \
@@ -238,17 +368,18 @@ work_connect() {
 
 table() {  # ratio sonde / peer of matched per second, per work
   awk -F'\t' 'BEGIN { OFS = "\t"; print "work", "tool", "probes/s sent", "matched/s",
-      "matched %", "tool CPU %", "machine CPU %", "sonde/peer" }
+      "matched %", "tool CPU %", "machine CPU %", "sonde/peer", "nginx CPU %", "conns/probe" }
     /^#/ { next }
     $2 == "sonde" { s[$1] = $4 }
-    $2 != "sonde" && $4 > best[$1] { best[$1] = $4; who[$1] = $2 }
-    $2 == "zmap" { z[$1] = $4 }
-    { r = ($2 == "sonde" || $4 == 0) ? "-" : sprintf("%.2f", s[$1] / $4)
+    $2 !~ /^sonde/ && $4 > best[$1] { best[$1] = $4; who[$1] = $2 }
+    { v[$1, $2] = $4 }
+    { r = ($2 ~ /^sonde/ || $4 == 0) ? "-" : sprintf("%.2f", s[$1] / $4)
       t = ($13 > 10 || $15 > 0.15) ? $2 "(!)" : $2; if (t != $2) bad = 1
-      print $1, t, $3, $4, $5, $6, $7, r }
-    END { split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best", g, " ")
-      for (i = 1; i < 12; i += 3) { w = g[i]; if (!(w in s)) continue
-        ref = g[i + 2] == "zmap" ? z[w] : best[w]; by = g[i + 2] == "zmap" ? "zmap" : who[w]
+      print $1, t, $3, $4, $5, $6, $7, r, $16, $17 }
+    END { n = split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best http 1 best " \
+        "http-keepalive 0.8 wrk", g, " ")
+      for (i = 1; i < n; i += 3) { w = g[i]; if (!(w in s)) continue
+        ref = g[i + 2] == "best" ? best[w] : v[w, g[i + 2]]; by = g[i + 2] == "best" ? who[w] : g[i + 2]
         x = ref > 0 ? s[w] / ref : 0
         printf "goal\t%s >= %sx %s\t%.2fx\t%s\n", w, g[i + 1], by, x, (x >= g[i + 1] ? "met" : "NOT met") }
       if (bad) print "(!): other work was running on the machine during that run; rerun it (ONLY=work)" }' \
@@ -260,10 +391,11 @@ build
 mkdir -p "$LOGS"
 cd "$LOGS"   # masscan writes paused.conf into its working directory
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) CPU DUR=$DUR RATE=$RATE" \
-  "INFLIGHT=$INFLIGHT INFLIGHT_RAW=$INFLIGHT_RAW" >"$TSV"
-echo -e "# work\ttool\tprobes_per_s\tmatched_per_s\tmatched_pct\ttool_cpu_pct\tmachine_cpu_pct\tactive_s\tmatched_from\tprobes\tmatched\tanswers\tbg_busy_pct\tmachine_us_per_match\tforeign_user_cores" >>"$TSV"
+  "INFLIGHT=$INFLIGHT INFLIGHT_RAW=$INFLIGHT_RAW HTTP_CONNS=$HTTP_CONNS NGINX_WORKERS=$NGINX_WORKERS" \
+  "HTTP_ADDR=$HTTP_ADDR HTTP_MANY=$HTTP_MANY" >"$TSV"
+echo -e "# work\ttool\tprobes_per_s\tmatched_per_s\tmatched_pct\ttool_cpu_pct\tmachine_cpu_pct\tactive_s\tmatched_from\tprobes\tmatched\tanswers\tbg_busy_pct\tmachine_us_per_match\tforeign_user_cores\tserver_cpu_pct\tconns_per_probe" >>"$TSV"
 setup
-for w in $ONLY; do "work_$w"; done
+for w in $ONLY; do "work_${w//-/_}"; done
 echo
 table
-echo "(tool CPU: 1 core = 100 %; machine CPU: both cores = 100 %; $TSV)"
+echo "(tool and nginx CPU: 1 core = 100 %; machine CPU: both cores = 100 %; $TSV)"

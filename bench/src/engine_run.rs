@@ -1,8 +1,8 @@
 //! sonde's engine under load: syn / icmp (stateless worker, answers through XDP) and
-//! udp / connect (io_uring workers).
+//! udp / connect / http / http-keepalive (io_uring workers).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::{Duration, Instant},
@@ -16,7 +16,10 @@ use sonde::{
     engine::{
         result::{CheckResult, Reason},
         round::new_config,
-        spec::{CheckId, CheckSpec, InitialState, ProbeSpec, Target, Thresholds, UdpSpec},
+        spec::{
+            CheckId, CheckSpec, HttpExpect, HttpSpec, InitialState, ProbeSpec, StatusRange, Target,
+            Thresholds, UdpSpec,
+        },
         uring::{Engine, EngineConfig, Job, StatelessParts},
         PortRange,
     },
@@ -27,23 +30,35 @@ use crate::{cpu, Args, Tally, Work};
 /// How long the driver sleeps when it can neither submit nor collect.
 const POLL: Duration = Duration::from_micros(200);
 
-/// One job template (check) per target address.
-fn jobs(args: &Args, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Result<Vec<Job>> {
+/// The job templates (checks), prepared once each: one per target address, or for
+/// http-keepalive one per connection loop (`--inflight` of them, check i on address
+/// i mod the number of addresses, each its own check with its own connection).
+fn jobs(args: &Args, work: Work, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Result<Vec<Job>> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let port = if matches!(probe, ProbeSpec::Icmp) {
         0
     } else {
         args.port
     };
-    addrs
-        .iter()
-        .map(|a| {
+    let n = if work == Work::HttpKeepalive {
+        usize::try_from(args.inflight.max(1)).unwrap_or(usize::MAX)
+    } else {
+        addrs.len()
+    };
+    (0..n)
+        .map(|i| {
+            let a = addrs[i % addrs.len()];
             let host = a.to_string();
+            let id = if n == addrs.len() {
+                host.clone()
+            } else {
+                format!("{host}#{i}")
+            };
             let spec = Arc::new(CheckSpec {
-                id: CheckId::new(&host),
+                id: CheckId::new(&id),
                 target: Target {
                     host,
-                    addr: IpAddr::V4(*a),
+                    addr: IpAddr::V4(a),
                     port,
                 },
                 probe: probe.clone(),
@@ -55,9 +70,28 @@ fn jobs(args: &Args, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Result<Vec<Job>> 
                 initial: InitialState::Unknown,
                 labels: BTreeMap::new(),
             });
-            Job::new(spec, 0).map_err(|e| anyhow::anyhow!("check for {a}: {e}"))
+            Job::new(spec, 0).map_err(|e| anyhow::anyhow!("check {id}: {e}"))
         })
         .collect()
+}
+
+/// GET --path, healthy on status 200 with --expect-body in the body.
+fn http_probe(args: &Args, keepalive: bool) -> ProbeSpec {
+    ProbeSpec::Http(Box::new(HttpSpec {
+        method: "GET".into(),
+        path: args.path.clone(),
+        host: None,
+        headers: Vec::new(),
+        proxy_protocol: None,
+        tls: None,
+        keepalive,
+        max_body: 4096,
+        expect: HttpExpect {
+            statuses: vec![StatusRange { lo: 200, hi: 200 }],
+            body_contains: Some(args.expect_body.clone()),
+            ..HttpExpect::default()
+        },
+    }))
 }
 
 /// Load, configure and attach the kernel programs; the engine gets the ring buffer.
@@ -93,9 +127,10 @@ fn counters_json(d: &Counters) -> Value {
     json!({ "xdp": xdp, "tc": tc })
 }
 
-fn count(t: &mut Tally, r: &CheckResult) {
+fn count(t: &mut Tally, r: &CheckResult, http: bool) {
     match r.reason {
-        Reason::Ok | Reason::Refused => t.matched += 1,
+        Reason::Ok => t.matched += 1,
+        Reason::Refused if !http => t.matched += 1,
         Reason::Timeout => t.timeouts += 1,
         _ => *t.other.entry(r.reason.label().to_owned()).or_insert(0) += 1,
     }
@@ -111,9 +146,27 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
             expect_prefix: Vec::new(),
         }),
         Work::Connect | Work::ConnectTokio => ProbeSpec::TcpConnect,
+        Work::Http | Work::HttpHyper => http_probe(args, false),
+        Work::HttpKeepalive => http_probe(args, true),
     };
     let stateless = matches!(work, Work::Syn | Work::Icmp);
-    let jobs = jobs(args, &probe, addrs)?;
+    let http = work.is_http();
+    let jobs = jobs(args, work, &probe, addrs)?;
+    let n = jobs.len() as u64;
+    // Closed loop (http-keepalive): each check's next probe is submitted when its result
+    // is in, so a check never has two probes at once and can reuse its connection. Its
+    // sequence numbers are i, i + n, i + 2n, ...: the template is seq % n, and (n being
+    // a multiple of the worker count) a check always lands on the same worker.
+    // Otherwise the templates are cycled over with seq = probes submitted so far.
+    let closed_loop = work == Work::HttpKeepalive;
+    if closed_loop && !n.is_multiple_of(args.threads.max(1) as u64) {
+        anyhow::bail!("http-keepalive: --inflight must be a multiple of --threads");
+    }
+    let mut ready: VecDeque<u64> = if closed_loop {
+        (0..n).collect()
+    } else {
+        VecDeque::new()
+    };
     let (kprobes, parts) = if stateless {
         let (k, p) = kernel(&args.iface)?;
         (Some(k), Some(p))
@@ -150,10 +203,18 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
             let allowed = (rate * now.duration_since(t0).as_secs_f64()) as u64;
             budget = budget.min(allowed.saturating_sub(t.sent));
         }
+        if closed_loop {
+            budget = budget.min(ready.len() as u64);
+        }
         for _ in 0..budget {
-            let template = &jobs[usize::try_from(t.sent % jobs.len() as u64).unwrap_or(0)];
+            let seq = if closed_loop {
+                ready.pop_front().unwrap_or(t.sent)
+            } else {
+                t.sent
+            };
+            let template = &jobs[usize::try_from(seq % n).unwrap_or(0)];
             let job = Job {
-                seq: t.sent,
+                seq,
                 ..template.clone()
             };
             if engine.submit(job).is_err() {
@@ -164,7 +225,10 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         outstanding += budget;
         let mut got = 0u64;
         for r in results.try_iter() {
-            count(&mut t, &r);
+            count(&mut t, &r, http);
+            if closed_loop {
+                ready.push_back(r.seq + n);
+            }
             got += 1;
         }
         if budget == 0 && got == 0 {
@@ -181,7 +245,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         let left = drain_end.saturating_duration_since(Instant::now());
         match results.recv_timeout(left) {
             Ok(r) => {
-                count(&mut t, &r);
+                count(&mut t, &r, http);
                 outstanding -= 1;
             }
             Err(_) => break,
@@ -193,6 +257,8 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         _ => Value::Null,
     };
     t.extra = json!({
+        "checks": n,
+        "closed_loop": closed_loop,
         "missing_results": outstanding,
         "engine": engine.stats(),
         "kernel": kernel,

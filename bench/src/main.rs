@@ -1,5 +1,5 @@
 //! `sonde-bench`: how many probes per second sonde's engine sends and matches, and at
-//! what CPU cost, with a tokio connect() baseline in the same binary.
+//! what CPU cost, with tokio connect() and tokio+hyper HTTP baselines in the same binary.
 //!
 //! Runs inside a prober network namespace (`bench/engine.sh` does the `ip netns exec`),
 //! keeps at most `--inflight` probes outstanding, cycles over the addresses of
@@ -8,6 +8,7 @@
 
 mod cpu;
 mod engine_run;
+mod hyper_run;
 mod targets;
 mod tokio_run;
 
@@ -30,6 +31,16 @@ pub enum Work {
     Connect,
     /// Baseline: tokio TcpStream::connect with tokio::time::timeout, --inflight tasks.
     ConnectTokio,
+    /// HTTP GET --path through the io_uring workers, a new connection per check
+    /// (`Connection: close`); matched = status 200 and the body contains --expect-body.
+    Http,
+    /// As http, with keep-alive: --inflight checks (check i on target address i mod
+    /// the number of addresses), each running its probes back to back, so the engine
+    /// can reuse each check's connection (as wrk reuses each of its connections).
+    HttpKeepalive,
+    /// Baseline: tokio + hyper 1 client, --inflight tasks, each looping a new
+    /// connection, one GET --path with `Connection: close`, the body read and matched.
+    HttpHyper,
 }
 
 impl Work {
@@ -40,7 +51,15 @@ impl Work {
             Work::Udp => "udp",
             Work::Connect => "connect",
             Work::ConnectTokio => "connect-tokio",
+            Work::Http => "http",
+            Work::HttpKeepalive => "http-keepalive",
+            Work::HttpHyper => "http-hyper",
         }
+    }
+
+    /// HTTP works count only healthy answers (status 200 and the expected body).
+    fn is_http(self) -> bool {
+        matches!(self, Work::Http | Work::HttpKeepalive | Work::HttpHyper)
     }
 }
 
@@ -77,6 +96,12 @@ pub struct Args {
     /// Interface the kernel programs attach to (syn, icmp).
     #[arg(long, default_value = "vp0")]
     pub iface: String,
+    /// Request path of the HTTP works.
+    #[arg(long, default_value = "/health")]
+    pub path: String,
+    /// Substring the body of a healthy HTTP answer contains (status 200 is expected too).
+    #[arg(long, default_value = "OK")]
+    pub expect_body: String,
 }
 
 /// What a run counted.
@@ -84,7 +109,7 @@ pub struct Args {
 pub struct Tally {
     /// Probes submitted (started) while the clock ran.
     pub sent: u64,
-    /// Results that were a real answer (Ok or Refused).
+    /// Results that were a real answer (Ok or Refused; for HTTP works: Ok only).
     pub matched: u64,
     /// Results that timed out.
     pub timeouts: u64,
@@ -102,6 +127,7 @@ fn main() -> Result<()> {
     let dur = Duration::from_secs(args.duration);
     let tally = match args.work {
         Work::ConnectTokio => tokio_run::run(&args, &addrs, dur)?,
+        Work::HttpHyper => hyper_run::run(&args, &addrs, dur)?,
         w => engine_run::run(&args, w, &addrs, dur)?,
     };
     let (wall, cpu_pct, threads) = tally.cpu.as_ref().map_or((0.0, 0.0, BTreeMap::new()), |d| {

@@ -5,5 +5,7 @@
 
 pub mod checks;
 pub mod daemon;
+pub mod etcd;
+pub mod etcd_ns;
 pub mod frames;
 pub mod servers;

@@ -267,6 +267,7 @@ fn status_check_history_reload_and_metrics_through_the_cli() {
             ok: false,
             reason: "timeout",
             rtt: None,
+            clock: sonde::engine::Clock::Userspace,
             at: now,
             at_ms: 1500,
         }],
@@ -407,7 +408,7 @@ fn connections_beyond_the_limit_get_503() {
         read_timeout: Duration::from_secs(5),
         ..options(&dir.0)
     };
-    let h = Harness::start(opts, control());
+    let mut h = Harness::start(opts, control());
     let idle = UnixStream::connect(&h.socket).unwrap();
     // The idle connection holds the only slot once accepted: poll until refused.
     wait_until("a 503", || {
@@ -418,6 +419,16 @@ fn connections_beyond_the_limit_get_503() {
     });
     drop(idle);
     wait_until("the slot back", || h.unix().get("/v1/info").is_ok());
+    // An idle connection does not hold up shutdown (its read timeout is 5 s).
+    let _idle = UnixStream::connect(&h.socket).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    h.stop();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

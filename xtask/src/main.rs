@@ -6,13 +6,15 @@
 //! - `build-ebpf`: build the kernel programs with nightly;
 //! - `test`: setup, build-ebpf, fmt, clippy, tests (what CI runs);
 //! - `demo`: build everything and run `sonde demo`;
-//! - `bench`: run a script from `bench/`.
+//! - `bench`: run a script from `bench/`;
+//! - `fuzz`: run every cargo-fuzz target of `fuzz/` for a bounded time.
 
 mod bench;
 mod bpf_linker;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -61,6 +63,18 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run every fuzz target (fuzz/) for a bounded time; fails if one finds a crash.
+    Fuzz {
+        /// Seconds per target (libFuzzer -max_total_time).
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECS,
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        secs: u64,
+        /// Rewrite the seed corpora (fuzz/corpus/) first.
+        #[arg(long)]
+        seeds: bool,
+        /// Only these targets (default: every one `cargo fuzz list` shows).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +85,11 @@ fn main() -> ExitCode {
         Task::Test { cargo_test_args } => test::run(cargo_test_args),
         Task::Demo { args } => demo::run(args),
         Task::Bench { name, args } => bench::run(name, args),
+        Task::Fuzz {
+            secs,
+            seeds,
+            targets,
+        } => fuzz::run(secs, seeds, &targets),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,5 +129,26 @@ mod tests {
         };
         assert_eq!(name.as_deref(), Some("syn"));
         assert_eq!(args, ["-n", "5"]);
+    }
+
+    #[test]
+    fn fuzz_defaults_and_bounds() {
+        let Task::Fuzz {
+            secs,
+            seeds,
+            targets,
+        } = parse(&["xtask", "fuzz"])
+        else {
+            panic!("not fuzz");
+        };
+        assert_eq!((secs, seeds, targets.len()), (30, false, 0));
+        let Task::Fuzz { secs, targets, .. } =
+            parse(&["xtask", "fuzz", "--secs", "5", "classify", "dns_response"])
+        else {
+            panic!("not fuzz");
+        };
+        assert_eq!(secs, 5);
+        assert_eq!(targets, ["classify", "dns_response"]);
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--secs", "0"]).is_err());
     }
 }

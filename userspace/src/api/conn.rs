@@ -15,7 +15,7 @@ use tokio::{
 use super::{
     http::{self, RequestHead, Response},
     routes::{self, Route},
-    server::Shared,
+    server::{stopped, Shared},
     token, watch,
 };
 
@@ -119,7 +119,13 @@ where
 {
     let opts = &shared.opts;
     let deadline = Instant::now() + opts.read_timeout;
-    let next = match read_head(&mut s, opts.max_head_bytes, deadline).await {
+    let mut stop = shared.shutdown.clone();
+    // An idle connection is dropped at shutdown instead of holding it up.
+    let head = tokio::select! {
+        () = stopped(&mut stop) => return,
+        h = read_head(&mut s, opts.max_head_bytes, deadline) => h,
+    };
+    let next = match head {
         Err(HeadError::Gone) => return,
         Err(HeadError::Timeout) => {
             let msg = "request head not received in time";

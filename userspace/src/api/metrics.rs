@@ -15,6 +15,14 @@
 //!   `sonde_check_state{state="unhealthy"} == 1` and no magic number means "unknown".
 //! - `sonde_check_state_since_seconds{check}`: Unix time the current state began.
 //! - `sonde_check_consecutive_failures{check}`: failures in a row.
+//! - `sonde_check_last_clock{check,clock="kernel|userspace"} 0|1`: which clock measured
+//!   the check's latest result (state set style, for checks with a result): `kernel`
+//!   when the XDP/TC programs stamped probe and answer, `userspace` otherwise. A gauge
+//!   rather than a `clock` label on the latency families: those are cumulative over
+//!   every result, so a label there would name one clock for values from both (a
+//!   fallback to userspace mid-run), and would split the series when it changes.
+//!   Join it as `sonde_check_latency_seconds * on(check) group_left(clock)
+//!   (sonde_check_last_clock == 1)`.
 //! - `sonde_check_latency_seconds{check,phase,quantile}`: a summary per measured
 //!   phase (`rtt`, `connect`, `tls`, `first_byte`, `total`) with quantiles 0.5, 0.9
 //!   and 0.99 and `_count`, cumulative since the check's state was created. There is
@@ -40,7 +48,7 @@ use probe_common::counters::{TcReason, XdpReason};
 use super::control::DaemonInfo;
 use crate::{
     ebpf::Counters,
-    engine::{budget::BudgetStats, spec::CheckId, uring::EngineCounters},
+    engine::{budget::BudgetStats, spec::CheckId, uring::EngineCounters, Clock},
     health::{CheckStatus, Health, LatencySummary, Phase},
 };
 
@@ -133,6 +141,13 @@ fn state_name(h: Health) -> &'static str {
     }
 }
 
+fn clock_name(c: Clock) -> &'static str {
+    match c {
+        Clock::Kernel => "kernel",
+        Clock::Userspace => "userspace",
+    }
+}
+
 fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Rtt => "rtt",
@@ -221,6 +236,18 @@ fn check_families(w: &mut Writer, statuses: &[CheckStatus]) {
             &labels,
             s.consecutive_fail,
         );
+    }
+    w.family(
+        "sonde_check_last_clock",
+        "gauge",
+        "Which clock measured the latest result of a check: 1 for it, 0 for the other.",
+    );
+    for s in statuses {
+        let Some(last) = &s.last_result else { continue };
+        for c in [Clock::Kernel, Clock::Userspace] {
+            let labels = [("check", s.id.as_str()), ("clock", clock_name(c))];
+            w.sample("sonde_check_last_clock", &labels, u8::from(last.clock == c));
+        }
     }
     latency_families(w, statuses);
 }

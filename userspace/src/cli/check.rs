@@ -36,7 +36,7 @@ pub enum CheckCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a check, from a JSON file shaped like a [[check]] table, or from flags.
+    /// Add a check, from a JSON file shaped like a `[[check]]` table, or from flags.
     Add(Box<AddArgs>),
     /// Remove a check.
     Rm {

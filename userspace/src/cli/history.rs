@@ -71,11 +71,15 @@ pub fn render(history: &Value, status: Option<&Value>) -> String {
                     r.get("rtt_us")
                         .and_then(Value::as_u64)
                         .map_or_else(|| "-".to_owned(), fmt::micros),
+                    r.get("clock")
+                        .and_then(Value::as_str)
+                        .unwrap_or("-")
+                        .to_owned(),
                 ]
             })
             .collect();
         text.push_str(&fmt::table(
-            &["AT", "SEQ", "RESULT", "REASON", "RTT"],
+            &["AT", "SEQ", "RESULT", "REASON", "RTT", "CLOCK"],
             &rows,
         ));
     }
@@ -120,4 +124,23 @@ pub fn run(client: &Client, args: &HistoryArgs, out: &mut dyn Write) -> Result<E
     };
     emit(out, &render(&history, status.as_ref()));
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn each_result_says_which_clock_measured_it() {
+        let history = json!({"id": "ping-1", "transitions": [], "results": [
+            {"seq": 1, "ok": true, "reason": "ok", "rtt_us": 42, "clock": "kernel", "at_ms": 0},
+            {"seq": 2, "ok": false, "reason": "timeout", "rtt_us": null, "clock": "userspace",
+             "at_ms": 1000},
+        ]});
+        let text = super::render(&history, None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].ends_with("CLOCK"), "{text}");
+        assert!(lines[2].ends_with("kernel"), "{text}");
+        assert!(lines[3].ends_with("userspace"), "{text}");
+    }
 }

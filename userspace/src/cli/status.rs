@@ -70,6 +70,15 @@ fn last(s: &Value) -> String {
     }
 }
 
+/// Which clock measured the latest result (`kernel` or `userspace`), `-` before one.
+fn clock(s: &Value) -> String {
+    s.get("last_result")
+        .and_then(|l| l.get("clock"))
+        .and_then(Value::as_str)
+        .unwrap_or("-")
+        .to_owned()
+}
+
 fn latency(s: &Value, key: &str) -> String {
     let rtt = s.get("latency").and_then(|l| l.get("rtt"));
     match rtt {
@@ -92,13 +101,14 @@ pub fn render(list: &[Value], now_ms: u64) -> String {
                 fmt::str_of(s, "state").to_uppercase(),
                 fmt::ago(fmt::u64_of(s, "since_unix_ms"), now_ms),
                 last(s),
+                clock(s),
                 latency(s, "p50_us"),
                 latency(s, "p99_us"),
             ]
         })
         .collect();
     let headers = [
-        "CHECK", "KIND", "TARGET", "STATE", "SINCE", "LAST", "P50", "P99",
+        "CHECK", "KIND", "TARGET", "STATE", "SINCE", "LAST", "CLOCK", "P50", "P99",
     ];
     fmt::table(&headers, &rows)
 }
@@ -130,4 +140,25 @@ pub fn run(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> Result<Ex
     } else {
         Exit::Success
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_table_says_which_clock_measured() {
+        let list = [
+            json!({"id": "syn-1", "kind": "tcp_syn", "state": "healthy",
+                   "target": {"host": "198.18.0.2", "port": 80},
+                   "last_result": {"reason": {"reason": "ok"}, "rtt_us": 42, "clock": "kernel"}}),
+            json!({"id": "web-1", "kind": "http", "state": "unknown",
+                   "target": {"host": "198.18.0.2", "port": 80}, "last_result": null}),
+        ];
+        let text = super::render(&list, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        let col = lines[0].find("CLOCK").expect("CLOCK column");
+        assert!(lines[1][col..].starts_with("kernel"), "{text}");
+        assert!(lines[2][col..].starts_with('-'), "{text}");
+    }
 }

@@ -167,3 +167,43 @@ impl Control for Shared {
         }
     }
 }
+
+impl crate::cluster::node::Local for Shared {
+    fn running(&self) -> std::collections::BTreeSet<CheckId> {
+        self.checks.read().keys().cloned().collect()
+    }
+
+    fn apply(&self, add: Vec<CheckSpec>, remove: Vec<CheckId>) {
+        for id in &remove {
+            self.stop_check(id);
+        }
+        for spec in add {
+            match Prepared::new(&spec, &self.tls) {
+                Ok(p) => self.start_check(Entry {
+                    spec: Arc::new(spec),
+                    prepared: Arc::new(p),
+                }),
+                Err(e) => {
+                    tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run")
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    fn opinion(
+        &self,
+        id: &CheckId,
+    ) -> Option<(crate::health::Health, crate::engine::result::Reason)> {
+        let h = self.health.lock();
+        let c = h.get(id)?;
+        Some((
+            c.state(),
+            c.last_result()
+                .map_or(crate::engine::result::Reason::Ok, |l| l.reason.clone()),
+        ))
+    }
+}

@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
-pub use start::{run, RunOptions};
+pub use start::{run, ClusterOptions, RunOptions};
 
 use self::{checks::Entry, persist::Record, runner::Outstanding};
 use crate::{

@@ -34,11 +34,28 @@ use crate::{
     journal::{Journal, JournalOptions},
 };
 
+/// Cluster mode: checks and assignment come from etcd.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// This node's id.
+    pub node_id: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Membership lease TTL.
+    pub lease_ttl: std::time::Duration,
+    /// Connection settings (timeouts, TLS, user/password).
+    pub etcd: crate::cluster::etcd::EtcdOptions,
+}
+
 /// How `sonde run` was invoked.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// The checks file.
-    pub config: PathBuf,
+    /// The checks file (standalone), or daemon settings only (cluster mode, optional).
+    pub config: Option<PathBuf>,
+    /// Cluster mode.
+    pub cluster: Option<ClusterOptions>,
     /// Interface for the kernel programs (overrides the file's `[daemon] iface`).
     pub iface: Option<String>,
     /// Where the journal and the API token live.
@@ -81,7 +98,16 @@ fn pick_iface(
 /// # Errors
 /// Invalid config, unusable state directory, engine or kernel setup failure.
 pub fn run(opts: &RunOptions) -> Result<()> {
-    let cfg = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = match &opts.config {
+        Some(path) => config::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None if opts.cluster.is_some() => {
+            config::parse_str("", "<cluster>").map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => bail!("--config FILE is needed without --etcd"),
+    };
+    if opts.cluster.is_some() && !cfg.checks.is_empty() {
+        bail!("in cluster mode the checks live in etcd (sonde check add); the config file may only hold [daemon] and [defaults]");
+    }
     let tls = TlsConfigs::default();
     let entries = prepare_all(cfg.checks.clone(), &tls).map_err(|e| anyhow::anyhow!("{e}"))?;
     let nofile = budget::raise_nofile_soft_limit().unwrap_or(1024);
@@ -94,10 +120,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         cfg.daemon.iface.as_deref(),
         &cfg.checks,
     );
-    let has_stateless = cfg
-        .checks
-        .iter()
-        .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
+    // In cluster mode any check may be assigned later: set up stateless probing
+    // whenever there is an interface.
+    let has_stateless = opts.cluster.is_some()
+        || cfg
+            .checks
+            .iter()
+            .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
     let probe_cfg = new_config(ports);
     let mut kernel: Option<KernelProbes> = None;
     let mut stateless: Option<StatelessParts> = None;
@@ -200,7 +229,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
-        config_path: Some(opts.config.clone()),
+        config_path: if opts.cluster.is_some() {
+            None
+        } else {
+            opts.config.clone()
+        },
         defaults: RwLock::new(cfg.defaults),
         checks: RwLock::new(entries),
         health: Mutex::new(health),
@@ -234,8 +267,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let control: Arc<dyn Control> = Arc::clone(&shared) as Arc<dyn Control>;
-    rt.block_on(serve_until_signal(control, opts))?;
+    rt.block_on(serve_until_signal(Arc::clone(&shared), opts))?;
 
     info!("shutting down: in-flight probes finish or time out");
     shared.stopping.store(true, Ordering::Release);
@@ -257,7 +289,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
 }
 
 /// Serve the API and wait for SIGTERM/SIGINT; SIGHUP reloads.
-async fn serve_until_signal(control: Arc<dyn Control>, opts: &RunOptions) -> Result<()> {
+async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()> {
+    let control: Arc<dyn Control> = Arc::clone(&shared) as Arc<dyn Control>;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -274,7 +307,21 @@ async fn serve_until_signal(control: Arc<dyn Control>, opts: &RunOptions) -> Res
     let server = Server::bind(api_opts).await.context("starting the API")?;
     info!(socket = %opts.socket.display(), http = ?server.http_addr(), "API listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = tokio::spawn(server.run(Arc::clone(&control), stop_rx));
+    let api = tokio::spawn(server.run(Arc::clone(&control), stop_rx.clone()));
+    if let Some(c) = &opts.cluster {
+        let etcd = crate::cluster::etcd::Etcd::connect(&c.endpoints, c.etcd.clone())
+            .await
+            .with_context(|| format!("connecting to etcd at {}", c.endpoints.join(",")))?;
+        let node = crate::cluster::node::NodeOptions {
+            id: crate::cluster::assign::NodeId::new(&c.node_id),
+            prefix: c.prefix.clone(),
+            lease_ttl: c.lease_ttl,
+            max_pending: 100_000,
+        };
+        let local: Arc<dyn crate::cluster::node::Local> = shared;
+        let _stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
+        info!(node = %c.node_id, "cluster node started");
+    }
     loop {
         tokio::select! {
             _ = term.recv() => break,

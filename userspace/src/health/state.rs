@@ -44,6 +44,7 @@ use super::{
 use crate::engine::{
     result::{CheckResult, Reason},
     spec::{CheckId, CheckSpec, InitialState, Thresholds},
+    Clock,
 };
 
 /// Most results kept to explain a transition (and the width of the window register).
@@ -126,6 +127,8 @@ pub struct HistoryEntry {
     /// Round-trip time, if answered (serialised as `rtt_us`).
     #[serde(rename = "rtt_us", serialize_with = "ser_opt_us")]
     pub rtt: Option<Duration>,
+    /// Which clock measured it: `kernel` (XDP/TC stamps) or `userspace`.
+    pub clock: Clock,
     /// When it was observed (monotonic; not serialised, see `at_ms`).
     #[serde(skip)]
     pub at: Instant,
@@ -145,6 +148,8 @@ pub struct LastResult {
     /// Round-trip time, if answered (serialised as `rtt_us`).
     #[serde(rename = "rtt_us", serialize_with = "ser_opt_us")]
     pub rtt: Option<Duration>,
+    /// Which clock measured it: `kernel` (XDP/TC stamps) or `userspace`.
+    pub clock: Clock,
     /// HTTP status, when one was received.
     pub http_status: Option<u16>,
     /// Days until the TLS certificate expires, HTTPS only.
@@ -251,6 +256,7 @@ impl CheckHealth {
             ok,
             reason: result.reason.label(),
             rtt: result.rtt,
+            clock: result.clock,
             at: now,
             at_ms,
         });
@@ -259,6 +265,7 @@ impl CheckHealth {
             ok,
             reason: result.reason.clone(),
             rtt: result.rtt,
+            clock: result.clock,
             http_status: result.http_status,
             cert_days_left: result.cert_days_left,
             at: now,

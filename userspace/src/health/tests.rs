@@ -472,6 +472,7 @@ async fn snapshots_serialise() {
     advance(Duration::from_millis(1_500)).await;
     let mut r = result("a", 7, Reason::Ok, Some(250));
     r.http_status = Some(204);
+    r.clock = Clock::Kernel;
     let t = table.apply(&r, Instant::now()).unwrap();
 
     let all = table.snapshot_all();
@@ -493,6 +494,10 @@ async fn snapshots_serialise() {
     assert_eq!(json["last_result"]["seq"], 7);
     assert_eq!(json["last_result"]["reason"]["reason"], "ok");
     assert_eq!(json["last_result"]["rtt_us"], 250);
+    assert_eq!(
+        json["last_result"]["clock"], "kernel",
+        "the result's clock is kept"
+    );
     assert_eq!(json["last_result"]["http_status"], 204);
     assert_eq!(json["last_result"]["at_ms"], 1_500);
     assert_eq!(json["latency"]["rtt"]["p50_us"], 250);
@@ -513,4 +518,5 @@ async fn snapshots_serialise() {
     let json = serde_json::to_value(h.history()).unwrap();
     assert_eq!(json[0]["reason"], "ok");
     assert_eq!(json[0]["rtt_us"], 250);
+    assert_eq!(json[0]["clock"], "kernel");
 }

@@ -12,6 +12,7 @@
 
 mod netns;
 mod serve;
+mod switch;
 mod veth;
 
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 
 pub use netns::{in_netns, Netns};
 pub use serve::HttpResponder;
+pub use switch::{Port, Switch};
 pub use veth::{veth_pair, VethEnd, VethPair};
 
 use std::net::Ipv4Addr;

@@ -11,10 +11,12 @@ use crate::{
     ebpf::Counters,
     engine::{
         budget::BudgetStats,
+        result::Reason,
         spec::{CheckId, Target},
         uring::EngineCounters,
+        Clock,
     },
-    health::{CheckStatus, Health, LatencySummary, PhaseLatencies},
+    health::{CheckStatus, Health, LastResult, LatencySummary, PhaseLatencies},
 };
 
 const HOSTILE: &str = "a\"b\\c\nd},e=\"f";
@@ -47,6 +49,18 @@ fn input() -> MetricsInput {
         Health::Healthy,
         &[("pool", "a"), ("team.name", HOSTILE), ("team_name", "dup")],
     );
+    web.last_result = Some(LastResult {
+        seq: 10,
+        ok: true,
+        reason: Reason::Ok,
+        rtt: Some(std::time::Duration::from_micros(1_500)),
+        clock: Clock::Kernel,
+        http_status: None,
+        cert_days_left: None,
+        at: tokio::time::Instant::now(),
+        at_ms: 500,
+        at_wall: std::time::UNIX_EPOCH,
+    });
     web.latency.rtt = LatencySummary {
         p50_us: 1_500,
         p90_us: 2_000,
@@ -202,6 +216,13 @@ fn renders_parseable_text_with_the_values() {
             &[("check", "web-1")]
         ),
         3.0
+    );
+    let clock = |c: &str| value(&scrape, "sonde_check_last_clock", g, &[("clock", c)]);
+    assert_eq!((clock("kernel"), clock("userspace")), (1.0, 0.0));
+    let clocks = samples(&scrape, "sonde_check_last_clock", g, ValueType::Sample);
+    assert!(
+        clocks.iter().all(|(l, _)| l["check"] == "web-1"),
+        "only checks with a result: {clocks:?}"
     );
     let lat = |q: &str| {
         value(

@@ -1,0 +1,260 @@
+//! The cluster with real processes: a 3-member etcd cluster and sonde nodes, each in a
+//! namespace of its own on a lab switch (198.18.1.0/24), probing a target namespace
+//! that answers for 198.19.0.0/16.
+//!
+//! 1. Every check is assigned to exactly `replicas` distinct nodes; load is balanced.
+//! 7. A fourth node joins: at most about 1/4 of the assignments move (figure reported).
+//! 2. kill -9 the leader node: a new leader within lease TTL + 2 s; every check of the
+//!    dead node is reassigned (times reported).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use sonde::lab::{self, HttpResponder, Netns, Switch};
+use sonde_tests::{
+    daemon::{Daemon, TempDir},
+    etcd_ns::NsEtcd,
+};
+
+const CHECKS: usize = 300;
+const TTL_SECS: u64 = 3;
+
+/// A sonde node: its namespace (kept alive for the daemon) and the daemon.
+struct Node {
+    _ns: Netns,
+    daemon: Daemon,
+}
+
+fn start_node(sw: &Switch, i: u8, endpoints: &str, dir: &TempDir) -> Node {
+    let ns = Netns::new(&format!("n{i}")).expect("node ns");
+    let port = sw
+        .attach(&ns, Ipv4Addr::new(198, 18, 1, i), 24)
+        .expect("attach node");
+    ns.add_route("198.19.0.0/16", Ipv4Addr::new(198, 18, 1, 100))
+        .expect("route");
+    let d = dir.0.join(format!("n{i}"));
+    std::fs::create_dir_all(&d).expect("node dir");
+    let config = d.join("daemon.toml");
+    std::fs::write(&config, "[defaults]\nrise = 1\nfall = 2\n").expect("config");
+    let id = format!("n{i}");
+    let ttl = TTL_SECS.to_string();
+    let daemon = Daemon::start(
+        &ns,
+        &d,
+        &config,
+        &[
+            "--etcd",
+            endpoints,
+            "--node-id",
+            &id,
+            "--iface",
+            &port.host_dev,
+            "--lease-ttl",
+            &ttl,
+        ],
+    );
+    Node { _ns: ns, daemon }
+}
+
+/// Assignment as etcd holds it: node -> checks.
+fn assignment(etcd: &NsEtcd<'_>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in etcd.get_prefix("/sonde/assign/").expect("get assign") {
+        let rec: serde_json::Value = serde_json::from_str(&v).expect("assignment json");
+        let checks = rec["checks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(k.trim_start_matches("/sonde/assign/").to_owned(), checks);
+    }
+    out
+}
+
+fn replicas_of(a: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut r: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (n, cs) in a {
+        for c in cs {
+            r.entry(c.clone()).or_default().insert(n.clone());
+        }
+    }
+    r
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn leader(etcd: &NsEtcd<'_>) -> Option<String> {
+    let kv = etcd.get_prefix("/sonde/election").ok()?;
+    // The election's leader is the key with the lowest create revision; etcdctl lists
+    // keys in key order, so ask for the one with the oldest create revision.
+    let out = etcd
+        .ctl(&[
+            "get",
+            "--prefix",
+            "/sonde/election",
+            "--sort-by=CREATE",
+            "--order=ASCEND",
+            "--limit=1",
+            "--print-value-only",
+        ])
+        .ok()?;
+    let _ = kv;
+    out.lines()
+        .next()
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
+}
+
+#[test]
+fn assignment_balance_join_and_leader_failover() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("cluster");
+    let sw = Switch::new().expect("switch");
+    let etcd_host = Netns::new("etcd").expect("etcd ns");
+    sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
+        .expect("attach etcd");
+    let etcd = NsEtcd::start(
+        &etcd_host,
+        Ipv4Addr::new(198, 18, 1, 10),
+        3,
+        23790,
+        dir.0.join("etcd"),
+    )
+    .expect("etcd");
+    let target = Netns::new("tgt").expect("target ns");
+    sw.attach(&target, Ipv4Addr::new(198, 18, 1, 100), 24)
+        .expect("attach target");
+    target
+        .add_local_route("198.19.0.0/16")
+        .expect("local range");
+    let _web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("http");
+
+    for i in 0..CHECKS {
+        let check = serde_json::json!({
+            "check": {"id": format!("c{i:03}"), "target": format!("198.19.{}.{}:80", i / 250, i % 250 + 1), "kind": "tcp_connect", "interval": "1s", "timeout": "300ms"},
+            "replicas": 2
+        });
+        etcd.put(&format!("/sonde/checks/c{i:03}"), &check.to_string())
+            .expect("put check");
+    }
+    let endpoints = etcd.endpoints().join(",");
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| start_node(&sw, i, &endpoints, &dir))
+        .collect();
+
+    // 1. Exactly `replicas` distinct nodes per check, balanced load.
+    let (a, took) = wait_for(
+        "assignment of every check to 2 nodes",
+        Duration::from_secs(15),
+        || {
+            let a = assignment(&etcd);
+            let r = replicas_of(&a);
+            (a.len() == 3 && r.len() == CHECKS && r.values().all(|s| s.len() == 2)).then_some(a)
+        },
+    );
+    let loads: Vec<usize> = a.values().map(BTreeSet::len).collect();
+    let mean = (CHECKS * 2) as f64 / 3.0;
+    println!(
+        "assignment: {CHECKS} checks x2 over 3 nodes in {took:?}, loads {loads:?} (mean {mean:.0})"
+    );
+    assert!(
+        loads.iter().all(|&l| l as f64 <= mean * 1.1),
+        "balanced within 1.1x the mean: {loads:?}"
+    );
+    // Each node runs exactly its share.
+    for (i, n) in nodes.iter().enumerate() {
+        let id = format!("n{}", i + 1);
+        let (_, t) = wait_for(
+            &format!("{id} runs its checks"),
+            Duration::from_secs(10),
+            || {
+                let running: BTreeSet<String> =
+                    n.daemon.states().into_iter().map(|(c, _)| c).collect();
+                (running == a[&id]).then_some(())
+            },
+        );
+        println!("{id} runs its {} checks after {t:?} more", a[&id].len());
+    }
+
+    // 7. A fourth node joins: about 1/4 of the assignments move.
+    let before = replicas_of(&assignment(&etcd));
+    nodes.push(start_node(&sw, 4, &endpoints, &dir));
+    let (after, took) = wait_for("assignment over 4 nodes", Duration::from_secs(15), || {
+        let a = assignment(&etcd);
+        let r = replicas_of(&a);
+        (a.len() == 4
+            && r.len() == CHECKS
+            && r.values().all(|s| s.len() == 2)
+            && !a["n4"].is_empty())
+        .then_some(r)
+    });
+    let moved: usize = before
+        .iter()
+        .map(|(c, old)| old.difference(&after[c]).count())
+        .sum();
+    let frac = moved as f64 / (CHECKS * 2) as f64;
+    println!(
+        "node n4 joined: {moved} of {} replica slots moved ({:.1}%) in {took:?}",
+        CHECKS * 2,
+        frac * 100.0
+    );
+    assert!(frac <= 0.25 + 0.05, "at most about 1/4 moves: {frac:.3}");
+
+    // 2. kill -9 the leader node: a new leader within TTL + 2 s, its checks reassigned.
+    let (old, _) = wait_for("a leader", Duration::from_secs(5), || leader(&etcd));
+    let idx: usize = old
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .expect("node number")
+        - 1;
+    let killed = Instant::now();
+    // SAFETY: kill(2) on the pid of a daemon this test started.
+    unsafe {
+        libc::kill(
+            i32::try_from(nodes[idx].daemon.pid).expect("pid"),
+            libc::SIGKILL,
+        )
+    };
+    let (new, t_leader) = wait_for("a new leader", Duration::from_secs(TTL_SECS + 4), || {
+        leader(&etcd).filter(|l| *l != old)
+    });
+    let (_, t_reassign) = wait_for(
+        "the dead node's checks reassigned",
+        Duration::from_secs(TTL_SECS + 6),
+        || {
+            let a = assignment(&etcd);
+            let r = replicas_of(&a);
+            (!a.contains_key(&old)
+                && r.len() == CHECKS
+                && r.values().all(|s| s.len() == 2 && !s.contains(&old)))
+            .then_some(())
+        },
+    );
+    println!(
+        "leader {old} killed: new leader {new} after {t_leader:?}, checks reassigned after {:?}",
+        killed.elapsed()
+    );
+    let _ = t_reassign;
+    assert!(
+        t_leader <= Duration::from_secs(TTL_SECS + 2),
+        "new leader within TTL + 2 s: {t_leader:?}"
+    );
+    drop(nodes);
+}
