@@ -193,6 +193,31 @@ fn assignment_balance_join_and_leader_failover() {
         println!("{id} runs its {} checks after {t:?} more", a[&id].len());
     }
 
+    // `sonde nodes` and `sonde leader` read the same from etcd.
+    let bin = sonde_tests::daemon::sonde_bin().display().to_string();
+    let out = etcd_host
+        .exec(&[&bin, "nodes", "--etcd", &endpoints, "--json"])
+        .expect("sonde nodes");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes json");
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(
+        listed.iter().filter(|n| n["leader"] == true).count(),
+        1,
+        "one leader: {listed:?}"
+    );
+    let total: u64 = listed.iter().filter_map(|n| n["assigned"].as_u64()).sum();
+    assert_eq!(total, (CHECKS * 2) as u64);
+    let out = etcd_host
+        .exec(&[&bin, "leader", "--etcd", &endpoints, "--json"])
+        .expect("sonde leader");
+    let l: serde_json::Value = serde_json::from_slice(&out.stdout).expect("leader json");
+    assert_eq!(
+        l["leader"].as_str().map(str::to_owned),
+        leader(&etcd),
+        "{l}"
+    );
+
     // 7. A fourth node joins: about 1/4 of the assignments move.
     let before = replicas_of(&assignment(&etcd));
     nodes.push(start_node(&sw, 4, &endpoints, &dir));

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod client;
+mod cluster;
 mod demo;
 pub mod fmt;
 pub mod history;
@@ -62,6 +63,10 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Run the daemon: probe the checks of a TOML file, keep their health, serve the API.
     Run(run::RunArgs),
+    /// List the cluster's live nodes, their role and share of the checks (from etcd).
+    Nodes(cluster::ClusterArgs),
+    /// Show the cluster's elected leader and its term (from etcd).
+    Leader(cluster::ClusterArgs),
     /// Make the daemon re-read its configuration file.
     Reload {
         /// Print the API's JSON.
@@ -116,6 +121,8 @@ pub fn run_exit(cli: Cli) -> anyhow::Result<Exit> {
         })),
         Command::Validate(a) => Ok(validate::run(&a, &mut io::stdout(), &mut io::stderr())),
         Command::Run(a) => run::run(&a, opts).map(|()| Exit::Success),
+        Command::Nodes(a) => cluster::nodes(&a).map(|()| Exit::Success),
+        Command::Leader(a) => cluster::leader(&a).map(|()| Exit::Success),
         Command::Reload { json } => Ok(with_client(opts, |c, out| reload::run(c, json, out))),
     }
 }
