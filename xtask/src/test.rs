@@ -55,6 +55,16 @@ pub fn run(cargo_test_args: Vec<String>) -> Result<()> {
             }),
         ),
         ("clippy-ebpf", Box::new(clippy_ebpf)),
+        // The integration tests run the real `sonde` binary (daemon, CLI); `cargo test`
+        // only builds a package's binaries for that package's own tests, so build it.
+        (
+            "build-sonde",
+            Box::new(|| {
+                cargo()
+                    .args(["build", "-p", "sonde", "--bin", "sonde"])
+                    .run()
+            }),
+        ),
         ("test", Box::new(move || cargo_test(cargo_test_args))),
     ];
     privileged_note();
