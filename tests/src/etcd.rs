@@ -96,16 +96,7 @@ impl EtcdCluster {
         let base = std::env::temp_dir().join(&unique);
         fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
         fs::set_permissions(&base, fs::Permissions::from_mode(0o700))?;
-        // Hold every listener until all ports are picked, so they are distinct.
-        let listeners = (0..2 * n)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<io::Result<Vec<_>>>()
-            .context("picking free loopback ports")?;
-        let ports = listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
-            .collect::<io::Result<Vec<_>>>()?;
-        drop(listeners);
+        let ports = free_ports(2 * n)?;
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -130,8 +121,12 @@ impl EtcdCluster {
             members,
             spawner: Some((tx, thread)),
         };
+        // One at a time, each serving its peers before the next starts: a new member first
+        // asks the others' peer ports whether it was bootstrapped already, and a port that
+        // accepts but does not serve yet stalls that question for 1 s per peer.
         for i in 0..n {
             cluster.spawn_member(i, "new")?;
+            cluster.wait_serving(i, true)?;
         }
         for i in 0..n {
             cluster.wait_listening(i)?;
@@ -402,7 +397,15 @@ impl EtcdCluster {
     }
 
     fn wait_listening(&self, i: usize) -> Result<()> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.members[i].client_port));
+        self.wait_serving(i, false)
+    }
+
+    /// Waits until member `i` accepts connections on its client port, or (`peer`) answers
+    /// HTTP on its peer port.
+    fn wait_serving(&self, i: usize, peer: bool) -> Result<()> {
+        let m = &self.members[i];
+        let port = if peer { m.peer_port } else { m.client_port };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let start = Instant::now();
         loop {
             if !self.is_running(i) {
@@ -411,12 +414,14 @@ impl EtcdCluster {
                     self.log_tail(i, 20)
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            let up = TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                .is_ok_and(|c| !peer || answers_http(c));
+            if up {
                 return Ok(());
             }
             if start.elapsed() > LISTEN_TIMEOUT {
                 bail!(
-                    "etcd member {i} not listening on {addr} within {LISTEN_TIMEOUT:?}; log \
+                    "etcd member {i} not serving on {addr} within {LISTEN_TIMEOUT:?}; log \
                      tail:\n{}",
                     self.log_tail(i, 20)
                 );
@@ -442,6 +447,50 @@ impl EtcdCluster {
         clear_etcd_env(&mut cmd);
         cmd
     }
+}
+
+/// `count` distinct free loopback ports (each bound while picking, then released). Taken
+/// below the kernel's ephemeral range when there is room: ports from `bind(0)` are ephemeral
+/// ones, which outgoing connections (the tests' clients, etcd's peers) also take, so a member
+/// restarted later could find its port in use.
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut held = Vec::new();
+    for attempt in 0..10_000 {
+        if held.len() == count {
+            break;
+        }
+        let port = if low > 12_000 && attempt < 5_000 {
+            rand::random_range(10_000..low)
+        } else {
+            0
+        };
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    ensure!(held.len() == count, "no {count} free loopback ports");
+    Ok(held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<io::Result<_>>()?)
+}
+
+/// Whether the server on `conn` answers an HTTP request (etcd's peer port serves
+/// `/version`) within 300 ms.
+fn answers_http(mut conn: TcpStream) -> bool {
+    let timeout = Some(Duration::from_millis(300));
+    let mut head = [0u8; 8];
+    conn.set_read_timeout(timeout).is_ok()
+        && conn.set_write_timeout(timeout).is_ok()
+        && conn
+            .write_all(b"GET /version HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_ok()
+        && io::Read::read_exact(&mut conn, &mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
 }
 
 /// Keeps `ETCD_*`/`ETCDCTL_*` settings of the caller's environment out of the members.

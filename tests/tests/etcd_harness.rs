@@ -393,21 +393,37 @@ async fn election_lease_loss_and_compaction() {
     let (events, _) = collect_until(&mut w, r3, Duration::from_secs(3)).await;
     assert_eq!(events, vec![("/c/a".to_string(), r3)]);
 
-    // From "now" (0): only later changes; deletions carry no value.
+    // From "now" (0): a change made before the watch exists is not delivered, later ones
+    // are (puts until the watch is surely open); deletions carry no value.
+    let before = etcd.put("/d/k", "old", None).await.unwrap();
     let mut w = etcd.watch_prefix("/d/", 0);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = etcd.put("/d/k", "v", None).await.unwrap();
+    let first = loop {
+        let r = etcd.put("/d/k", "v", None).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(300), w.next()).await {
+            Ok(Some(WatchUpdate::Event(e))) => break (r, e),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => assert!(r < before + 20, "watch from now delivers nothing"),
+        }
+    };
+    assert!(
+        first.1.revision > before && first.1.revision <= first.0,
+        "{first:?}"
+    );
     let (deleted, rd) = etcd.delete_prefix("/d/").await.unwrap();
     assert_eq!(deleted, 1);
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(3), w.next())
-            .await
-            .unwrap()
-        {
-            Some(WatchUpdate::Event(e)) => got.push((e.revision, e.value)),
+    let mut last = None;
+    while last
+        .as_ref()
+        .is_none_or(|e: &sonde::cluster::etcd::WatchEvent| e.revision < rd)
+    {
+        match tokio::time::timeout(Duration::from_secs(3), w.next()).await {
+            Ok(Some(WatchUpdate::Event(e))) => last = Some(e),
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(got, vec![(r, Some(b"v".to_vec())), (rd, None)]);
+    let last = last.unwrap();
+    assert_eq!(
+        (last.revision, last.key, last.value),
+        (rd, b"/d/k".to_vec(), None)
+    );
 }
