@@ -190,13 +190,13 @@ nginx_stop() {
   [ -z "$NGX" ] || rm -rf "$NGX"
   NGX=
 }
-# CPU ticks used so far by nginx (master and workers; 0 without nginx).
+# CPU ticks used so far by nginx (master and workers), "user sys" ("0 0" without nginx).
 nginx_ticks() {
   local m
-  m=$( [ -n "$NGX" ] && cat "$NGX/nginx.pid" 2>/dev/null) || { echo 0; return; }
+  m=$( [ -n "$NGX" ] && cat "$NGX/nginx.pid" 2>/dev/null) || { echo 0 0; return; }
   # shellcheck disable=SC2046  # one word per pid
   cat "/proc/$m/stat" $(pgrep -P "$m" | sed 's|.*|/proc/&/stat|') 2>/dev/null |
-    awk '{ sub(/.*\) /, ""); t += $12 + $13 } END { print t + 0 }'
+    awk '{ sub(/.*\) /, ""); u += $12; s += $13 } END { print u + 0, s + 0 }'
 }
 
 nft_count() {  # KIND -> packets counted so far
@@ -231,10 +231,10 @@ run() {
       echo "$EPOCHREALTIME $rx $tx $u $n $s $i $w $q $sq $st"; sleep 0.2; done' >"$smp" &
   SAMPLER=$!
   sleep 0.5
-  local p0 r0 a0 c0 n0
+  local p0 r0 a0 c0 nu0 ns0 nu1 ns1
   quiet
   p0=$(nft_count "$kind"); r0=$(ctr "$P" vp0 rx_packets); a0=$(ctr "$T" vt0 tx_packets)
-  c0=$(nft_count conn); n0=$(nginx_ticks)
+  c0=$(nft_count conn); read -r nu0 ns0 < <(nginx_ticks)
   timeout -s INT -k 5 $((DUR + 12)) /usr/bin/time -o "$log.time" -f "%e %U %S" \
     ip netns exec "$P" "$@" >"$log" 2>&1 &
   GROUP=$!
@@ -246,8 +246,9 @@ run() {
   wait "$SAMPLER" 2>/dev/null || true
   SAMPLER=
   [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || echo "  ($name exited with $rc, see $log)" >&2
+  read -r nu1 ns1 < <(nginx_ticks)
   echo "$(($(nft_count "$kind") - p0)) $(($(ctr "$P" vp0 rx_packets) - r0)) \
-$(($(ctr "$T" vt0 tx_packets) - a0)) $(($(nft_count conn) - c0)) $(($(nginx_ticks) - n0)) \
+$(($(ctr "$T" vt0 tx_packets) - a0)) $(($(nft_count conn) - c0)) $((nu1 - nu0)) $((ns1 - ns0)) \
 $(getconf CLK_TCK)" >"$log.counts"
 }
 
@@ -256,7 +257,8 @@ row() {
   python3 - "$1" "$2" "$3" "$LOGS/$2-$1.log" "$BG" <<'EOF' >>"$TSV"
 import json, os, re, sys
 work, tool, src, log, bg = sys.argv[1:]
-probes, prober_rx, answers, conns, server_ticks, hz = (int(x) for x in open(log + ".counts").read().split())
+probes, prober_rx, answers, conns, server_user, server_sys, hz = (
+    int(x) for x in open(log + ".counts").read().split())
 rows = [[float(x) for x in l.split()] for l in open(log.replace(".log", ".samples")) if len(l.split()) == 11]
 iv = [(a, b) for a, b in zip(rows, rows[1:]) if b[0] > a[0]]
 rate = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in iv]
@@ -291,12 +293,13 @@ elif src == "h2load":
     matched = int(ok.group(1)) if ok else 0
 pct = 100 * matched / probes if probes else 0
 # machine CPU time per matched answer, in microseconds (all cores, steady state)
-# user time on the machine that was not the tool's: other work (a build, tests) disturbed the run
-foreign = (cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs
+# user time on the machine that was neither the tool's nor nginx's: other work (a build, tests)
+# disturbed the run
+foreign = (cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs - server_user / hz / secs
 per = machine / 100 * (os.cpu_count() or 1) * 1e6 / (matched / secs) if matched else 0
 # HTTP rows: nginx's CPU (1 core = 100 %) and new connections per request that reached it
 http = work.startswith("http")
-server = f"{100 * server_ticks / hz / secs:.0f}" if http else "-"
+server = f"{100 * (server_user + server_sys) / hz / secs:.0f}" if http else "-"
 cpr = f"{conns / probes:.3f}" if http and probes else "-"
 print("\t".join([work, tool, f"{probes / secs:.0f}", f"{matched / secs:.0f}", f"{pct:.1f}",
                  f"{100 * (us + sy) / secs:.0f}", f"{machine:.0f}", f"{secs:.2f}", src,

@@ -11,11 +11,13 @@
 #   sonde-fid-a<pid>, sonde-fid-b<pid>: la0 198.18.2.1/24 <-> lb0 198.18.2.2/24, the load's
 #                     competing packet flow (two iperf3 UDP floods a -> b, 64-byte datagrams)
 # Load: stress-ng --cpu 2 (both cores busy) --timer 2 --timer-freq 10000 (20,000 timer
-# interrupts/s), plus the two floods (softirq work on both cores). Every process is bounded by `timeout` and
-# killed (by process group) on exit, and the namespaces are deleted, also on failure or Ctrl-C.
+# interrupts/s), plus the two floods (softirq work on both cores). Every process is bounded by
+# `timeout` and killed (by process group) on exit, and the namespaces are deleted, also on
+# failure or Ctrl-C.
 # Env: COUNT (probes per run, 100-20000, default 3000), INTERVAL_US (between probes,
 #      500-100000, default 2000), FLOOD (iperf3 -b per flood, default 0 = unlimited),
 #      SKIP_BUILD=1 (use existing binaries), DOCS=0 (do not copy the plot to docs/fidelity.png).
+# About 3 minutes with the defaults (plus the build).
 # Output: the table on stdout; bench/out/fidelity-<ts>.{tsv,md,png}, raw samples and logs
 # in bench/out/fidelity-<ts>/; the plot also copied to docs/fidelity.png.
 set -euo pipefail
@@ -24,7 +26,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COUNT=${COUNT:-3000}
 INTERVAL_US=${INTERVAL_US:-2000}
 FLOOD=${FLOOD:-0}
-if [ "$COUNT" -lt 100 ] || [ "$COUNT" -gt 20000 ]; then echo "COUNT must be 100-20000" >&2; exit 2; fi
+if [ "$COUNT" -lt 100 ] || [ "$COUNT" -gt 20000 ]; then
+  echo "COUNT must be 100-20000" >&2; exit 2
+fi
 if [ "$INTERVAL_US" -lt 500 ] || [ "$INTERVAL_US" -gt 100000 ]; then
   echo "INTERVAL_US must be 500-100000" >&2; exit 2
 fi
@@ -43,9 +47,11 @@ LOAD_S=$((6 * (RUN_S + 15) + 30))                # bound of the load: six runs a
 LOAD_DESC="stress-ng --cpu 2 --timer 2 --timer-freq 10000, 2 iperf3 UDP floods of 64 B (-b $FLOOD)"
 GROUPS_=()  # process groups (their timeout's pid) to kill on exit
 LOAD_FROM=0 # the load's first entry in GROUPS_
+RUN=        # process group of the measurement running now
 
 cleanup() {
   local g
+  [ -z "$RUN" ] || kill -KILL -- "-$RUN" 2>/dev/null || true
   for g in "${GROUPS_[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
   sleep 0.3
   for g in "${GROUPS_[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
@@ -69,7 +75,8 @@ deps() {
 
 build() {
   [ "${SKIP_BUILD:-0}" = 1 ] && return 0
-  (cd "$ROOT" && cargo xtask build-ebpf && cargo build --release -p sonde-bench --bin sonde-fidelity)
+  (cd "$ROOT" && cargo xtask build-ebpf &&
+    cargo build --release -p sonde-bench --bin sonde-fidelity)
 }
 
 setup() {
@@ -108,6 +115,16 @@ spawn() {
   GROUPS_+=("$!")
 }
 
+# bounded SECONDS CMD... : CMD under timeout, waited for (so Ctrl-C stops it at once).
+bounded() {
+  local secs=$1 rc=0; shift
+  timeout -k 3 "$secs" "$@" &
+  RUN=$!
+  wait "$RUN" || rc=$?
+  RUN=
+  return "$rc"
+}
+
 # Busy % of the whole machine over 0.5 s (/proc/stat; both cores = 100 %).
 busy_pct() {
   local s0 s1
@@ -116,10 +133,13 @@ busy_pct() {
     d = t1 - t0; if (d <= 0) d = 1; print int(100 * (1 - ($16 + $17 - $5 - $6) / d) + 0.5) }'
 }
 # Idle runs wait (at most 20 s) for other work on the machine to leave it <= 10 % busy.
+# The last reading is kept next to the run's samples (the report marks disturbed runs).
 quiet() {
   local b
-  for _ in $(seq 40); do b=$(busy_pct); [ "$b" -le 10 ] && return 0; done
-  echo "  (machine still ${b}% busy before this idle run: its numbers are disturbed)" >&2
+  for _ in $(seq 40); do b=$(busy_pct); [ "$b" -le 10 ] && break; done
+  echo "$b" >"$DIR/$1.busy"
+  [ "$b" -le 10 ] ||
+    echo "  (machine still ${b}% busy before this idle run: its numbers are disturbed)" >&2
 }
 
 load_start() {
@@ -129,7 +149,8 @@ load_start() {
   sleep 1
   spawn "$A" "$LOAD_S" iperf3 -c 198.18.2.2 -p 5201 -u -b "$FLOOD" -l 64 -t $((LOAD_S - 5))
   spawn "$A" "$LOAD_S" iperf3 -c 198.18.2.2 -p 5202 -u -b "$FLOOD" -l 64 -t $((LOAD_S - 5))
-  spawn "$A" "$LOAD_S" stress-ng --cpu 2 --timer 2 --timer-freq 10000 --timeout "$((LOAD_S - 5))s" -q
+  spawn "$A" "$LOAD_S" stress-ng --cpu 2 --timer 2 --timer-freq 10000 \
+    --timeout "$((LOAD_S - 5))s" -q
   sleep 2
   echo "  load running: machine $(busy_pct)% busy, flood $(flood_pps) datagrams/s"
 }
@@ -151,7 +172,7 @@ flood_pps() {
 sonde() {
   local kind=$1 method=$2 cond=$3 extra=()
   [ "$method" = sonde-userspace ] && extra+=(--userspace)
-  timeout -k 3 "$RUN_LIMIT" ip netns exec "$P" "$BIN" probe --kind "$kind" --target "$TARGET" \
+  bounded "$RUN_LIMIT" ip netns exec "$P" "$BIN" probe --kind "$kind" --target "$TARGET" \
     --port 80 --count "$COUNT" --interval-us "$INTERVAL_US" --iface vp0 "${extra[@]}" \
     --out "$DIR/$kind.$method.$cond.rtt" >>"$DIR/$kind.$method.$cond.log" 2>&1 ||
     echo "  ($kind $method $cond failed, see $DIR/$kind.$method.$cond.log)" >&2
@@ -165,12 +186,12 @@ peer() {
     method=ping
     log=$DIR/$kind.$method.$cond.log
     # -s 16: the same 16-byte payload as sonde's echo requests (room for ping's timeval).
-    timeout -k 3 "$RUN_LIMIT" ip netns exec "$P" ping -n -c "$COUNT" -i "$secs" -s 16 -W 1 \
+    bounded "$RUN_LIMIT" ip netns exec "$P" ping -n -c "$COUNT" -i "$secs" -s 16 -W 1 \
       "$TARGET" >"$log" 2>&1 || true
   else
     method=hping3
     log=$DIR/$kind.$method.$cond.log
-    timeout -k 3 "$RUN_LIMIT" ip netns exec "$P" hping3 -S -p 80 -c "$COUNT" -i "u$INTERVAL_US" \
+    bounded "$RUN_LIMIT" ip netns exec "$P" hping3 -S -p 80 -c "$COUNT" -i "u$INTERVAL_US" \
       "$TARGET" >"$log" 2>&1 || true
   fi
   { echo "# kind=$kind method=$method sent=$COUNT"
@@ -185,7 +206,7 @@ runs() {
   local cond=$1 kind method f n
   for kind in icmp syn; do
     for method in sonde-kernel sonde-userspace "$(peer_of "$kind")"; do
-      if [ "$cond" = idle ]; then quiet; fi
+      if [ "$cond" = idle ]; then quiet "$kind.$method.$cond"; fi
       case $method in
         sonde-*) sonde "$kind" "$method" "$cond" ;;
         *) peer "$kind" "$cond" ;;

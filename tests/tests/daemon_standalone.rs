@@ -227,8 +227,12 @@ fn standalone_daemon_end_to_end() {
     // SAFETY: kill(2) on the pid of the daemon this test started.
     unsafe { libc::kill(i32::try_from(d2.pid).expect("pid"), libc::SIGTERM) };
     let start = Instant::now();
-    let status = format!("/proc/{}/status", d2.pid);
-    while std::fs::read_to_string(&status).is_ok_and(|s| !s.contains("State:\tZ")) {
+    // The daemon is our child (spawned through the namespace guard): reap it here to
+    // see its exit status; a clean stop exits 0.
+    let pid = i32::try_from(d2.pid).expect("pid");
+    let mut wstatus = 0;
+    // SAFETY: waitpid on our own child, WNOHANG, valid status pointer.
+    while unsafe { libc::waitpid(pid, &raw mut wstatus, libc::WNOHANG) } == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "daemon did not stop on SIGTERM; log:\n{}",
@@ -236,6 +240,11 @@ fn standalone_daemon_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0,
+        "clean exit on SIGTERM, status {wstatus:#x}; log:\n{}",
+        d2.log(&dir.0)
+    );
     assert!(!d2.socket.exists(), "API socket removed on shutdown");
     let link = lab
         .prober

@@ -19,9 +19,11 @@
 //!   the host's count for its reason, and `no_stamp` counts every answer (nothing was
 //!   stamped).
 //!
-//! Size: [`DEFAULT_FRAMES`] frames by default; `SONDE_FUZZ_FULL=1` runs [`FULL_FRAMES`].
-//! Measured here (2 cores, release eBPF object, debug test binary): 1,000,000 frames in
-//! about 16 s, so CI runs the full million by default (see [`DEFAULT_FRAMES`]).
+//! Size: [`FRAMES`] (one million) frames by default: measured here (2 cores, debug test
+//! binary) 1,000,000 `BPF_PROG_TEST_RUN` calls plus the host checks take about 5 s on
+//! an idle machine and 23 s while a release build runs beside them, well inside CI's
+//! budget, so there is no reduced default. `SONDE_FUZZ_FRAMES=<n>` runs another count
+//! (e.g. a 10-million soak).
 //! Seeded and reproducible: the seed is printed (and named in every failure);
 //! `SONDE_FUZZ_SEED=<n>` replays a run. Needs root like `xdp_table.rs`.
 
@@ -47,10 +49,8 @@ use sonde_tests::frames::*;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-/// Frames run by default: the full million, since it takes ~16 s here.
-const DEFAULT_FRAMES: u64 = FULL_FRAMES;
-/// Frames run with `SONDE_FUZZ_FULL=1`.
-const FULL_FRAMES: u64 = 1_000_000;
+/// Frames run unless `SONDE_FUZZ_FRAMES` says otherwise.
+const FRAMES: u64 = 1_000_000;
 /// Frames between two ring-buffer drains. The ring holds 4 MiB, over 30,000 records.
 const BATCH: u64 = 1024;
 
@@ -410,9 +410,12 @@ fn drain(seed: u64, k: &mut KernelProbes, pending: &mut VecDeque<Pending>) {
 }
 
 fn frame_count() -> u64 {
-    match std::env::var("SONDE_FUZZ_FULL").as_deref() {
-        Ok("1") => FULL_FRAMES,
-        _ => DEFAULT_FRAMES,
+    match std::env::var("SONDE_FUZZ_FRAMES") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SONDE_FUZZ_FRAMES={s:?} is not a number")),
+        Err(_) => FRAMES,
     }
 }
 
@@ -493,6 +496,12 @@ fn xdp_agrees_with_host_classifier_on_random_frames() {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
+    let by_reason: Vec<String> = XdpReason::ALL[..XdpReason::EXCLUSIVE as usize]
+        .iter()
+        .filter(|r| expected[**r as usize] > 0)
+        .map(|r| format!("{} {}", r.name(), expected[*r as usize]))
+        .collect();
+    println!("xdp_fuzz: host reasons: {}", by_reason.join(", "));
     assert_eq!(
         d.xdp_frames(),
         n,
@@ -509,5 +518,8 @@ fn xdp_agrees_with_host_classifier_on_random_frames() {
         );
     }
     assert_eq!(d.xdp(XdpReason::NoStamp), answers, "seed {seed}: no_stamp");
-    assert!(answers > 0 && expected[XdpReason::BadCookie as usize] > 0);
+    if n >= 10_000 {
+        // Enough frames that the mutations must have produced both outcomes.
+        assert!(answers > 0 && expected[XdpReason::BadCookie as usize] > 0);
+    }
 }

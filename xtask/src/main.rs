@@ -7,7 +7,10 @@
 //! - `test`: setup, build-ebpf, fmt, clippy, tests (what CI runs);
 //! - `demo`: build everything and run `sonde demo`;
 //! - `bench`: run a script from `bench/`;
-//! - `fuzz`: run every cargo-fuzz target of `fuzz/` for a bounded time.
+//! - `fuzz`: run every cargo-fuzz target of `fuzz/` for a bounded time;
+//! - `package`: the Debian package of `sonde` (eBPF object, release binary,
+//!   completions, man pages, cargo-deb) in `target/debian/`;
+//! - `completions`, `man`: only the shell completions or the man pages.
 
 mod bench;
 mod bpf_linker;
@@ -15,6 +18,7 @@ mod build;
 mod cmd;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 
@@ -75,6 +79,13 @@ enum Task {
         /// Only these targets (default: every one `cargo fuzz list` shows).
         targets: Vec<String>,
     },
+    /// Build the Debian package (eBPF object, release binary, completions, man pages,
+    /// cargo-deb) into target/debian/ and print its path.
+    Package,
+    /// Generate the shell completions (bash, zsh, fish) into target/release/completions/.
+    Completions,
+    /// Generate the man pages into target/release/man/.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +101,9 @@ fn main() -> ExitCode {
             seeds,
             targets,
         } => fuzz::run(secs, seeds, &targets),
+        Task::Package => package::package(),
+        Task::Completions => package::completions(),
+        Task::Man => package::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,14 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "procps",
+    // Packaging and alerting tests: systemd-analyze, promtool, man, shell completions.
+    "systemd",
+    "prometheus",
+    "man-db",
+    "groff-base",
+    "shellcheck",
+    "zsh",
+    "fish",
 ];
 
 /// Runs every setup step in order, stopping at the first failure.

@@ -11,15 +11,21 @@
 //! closes, a write takes longer than the write timeout, the daemon drops its event
 //! sender, or the server shuts down.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::broadcast::error::RecvError,
+    sync::broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
     time::timeout,
 };
 
-use super::server::{stopped, Shared};
+use super::{
+    control::Event,
+    server::{stopped, Shared},
+};
 
 /// Interval of SSE keepalive comments.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -36,6 +42,47 @@ fn frame(json: &serde_json::Value, sse: bool) -> Vec<u8> {
         format!("event: {}\ndata: {json}\n\n", event_name(json)).into_bytes()
     } else {
         format!("{json}\n").into_bytes()
+    }
+}
+
+/// The frame of one event (`None`, logged, if it cannot be encoded).
+fn encode(ev: &Event, sse: bool) -> Option<Vec<u8>> {
+    match serde_json::to_value(ev) {
+        Ok(json) => Some(frame(&json, sse)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode watch event");
+            None
+        }
+    }
+}
+
+/// The frame telling a slow subscriber how many events it missed.
+fn lagged(missed: u64, sse: bool) -> Vec<u8> {
+    frame(
+        &serde_json::json!({ "event": "lagged", "missed": missed }),
+        sse,
+    )
+}
+
+/// Write the events already queued for this subscriber (at shutdown).
+async fn drain<W: AsyncWrite + Unpin>(
+    events: &mut broadcast::Receiver<Arc<Event>>,
+    wr: &mut W,
+    sse: bool,
+    limit: Duration,
+) {
+    loop {
+        let bytes = match events.try_recv() {
+            Ok(ev) => match encode(&ev, sse) {
+                Some(bytes) => bytes,
+                None => continue,
+            },
+            Err(TryRecvError::Lagged(missed)) => lagged(missed, sse),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        };
+        if !put(wr, &bytes, limit).await {
+            return;
+        }
     }
 }
 
@@ -74,23 +121,22 @@ where
     let mut sink = [0u8; 512];
     loop {
         let bytes = tokio::select! {
-            () = stopped(&mut stop) => break,
+            () = stopped(&mut stop) => {
+                // Events published before the shutdown still reach the client.
+                drain(&mut events, &mut wr, sse, limit).await;
+                break;
+            }
             r = rd.read(&mut sink) => match r {
                 Ok(0) | Err(_) => break, // the client went away
                 Ok(_) => continue,       // nothing is expected from it: discard
             },
             _ = keepalive.tick(), if sse => b": keepalive\n\n".to_vec(),
             ev = events.recv() => match ev {
-                Ok(ev) => match serde_json::to_value(&*ev) {
-                    Ok(json) => frame(&json, sse),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot encode watch event");
-                        continue;
-                    }
+                Ok(ev) => match encode(&ev, sse) {
+                    Some(bytes) => bytes,
+                    None => continue,
                 },
-                Err(RecvError::Lagged(missed)) => {
-                    frame(&serde_json::json!({ "event": "lagged", "missed": missed }), sse)
-                }
+                Err(RecvError::Lagged(missed)) => lagged(missed, sse),
                 Err(RecvError::Closed) => break,
             },
         };

@@ -4,9 +4,12 @@
 pub mod check;
 pub mod client;
 mod cluster;
+pub mod completions;
 mod demo;
+pub mod endpoint;
 pub mod fmt;
 pub mod history;
+pub mod logging;
 pub mod output;
 mod probe;
 pub mod reload;
@@ -33,6 +36,9 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log format on stderr: text, or json (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
     /// How the client commands reach the daemon (--socket, --api, --token-file).
     #[command(flatten)]
     pub client: ClientOptions,
@@ -73,21 +79,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(hide = true)]
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (sonde.1, sonde-SUBCOMMAND.1) into DIR, or sonde.1 to stdout.
+    #[command(hide = true)]
+    Man(completions::ManArgs),
 }
 
-/// Set up `tracing` logs on stderr.
-pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Set up `tracing` logs on stderr (see [`logging`]).
+pub fn init_logging(verbose: u8, format: logging::LogFormat) {
+    logging::init(verbose, format);
 }
 
 /// Run a parsed command line.
@@ -124,6 +126,8 @@ pub fn run_exit(cli: Cli) -> anyhow::Result<Exit> {
         Command::Nodes(a) => cluster::nodes(&a).map(|()| Exit::Success),
         Command::Leader(a) => cluster::leader(&a).map(|()| Exit::Success),
         Command::Reload { json } => Ok(with_client(opts, |c, out| reload::run(c, json, out))),
+        Command::Completions(a) => completions::completions(&a).map(|()| Exit::Success),
+        Command::Man(a) => completions::man(&a).map(|()| Exit::Success),
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     wake_rx: Receiver<()>,
     /// Set on shutdown.
     stopping: AtomicBool,
+    /// Set once the engine is closed: every result has been sent.
+    engine_closed: AtomicBool,
     /// Start time, for uptime.
     started: Instant,
     /// Which clock measures stateless probes, and why not the kernel's.

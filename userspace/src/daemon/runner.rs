@@ -128,7 +128,19 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
 /// Run the result loop until the engine's result channel closes.
 pub(super) fn results(shared: &Arc<Shared>) {
     let rx = shared.engine.results().clone();
-    while let Ok(r) = rx.recv() {
+    loop {
+        let r = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => r,
+            // On shutdown the engine is closed (its workers joined, every result sent)
+            // before this loop is told to stop: nothing can be left behind.
+            Err(RecvTimeoutError::Timeout)
+                if shared.engine_closed.load(Ordering::Acquire) && rx.is_empty() =>
+            {
+                break
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         {
             let mut out = shared.outstanding.lock();
             if let Some(Outstanding::Running(seq, _)) = out.get(&r.check) {

@@ -249,6 +249,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         wake_tx,
         wake_rx,
         stopping: false.into(),
+        engine_closed: false.into(),
         started: Instant::now(),
         clock,
         iface,
@@ -275,15 +276,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     if dispatcher.join().is_err() {
         warn!("dispatcher panicked");
     }
-    // The result loop ends when the engine closes its result channel; the engine can
-    // only be shut down once nothing else holds `shared`, so stop it through a take.
-    let shared = match Arc::try_unwrap(shared) {
-        Ok(s) => s,
-        Err(_) => bail!("daemon state still shared at shutdown"),
-    };
-    shared.engine.shutdown();
+    // In-flight probes finish or time out inside `close`; then the result loop drains
+    // what is left (journaling every transition) and ends.
+    shared.engine.close();
+    shared.engine_closed.store(true, Ordering::Release);
+    drop(rt);
     let _ = results.join();
-    drop(shared.kernel);
+    drop(shared);
     info!("stopped; kernel programs detached");
     Ok(())
 }

@@ -10,7 +10,7 @@ pub enum KernelError {
     #[error("this sonde binary was built without its eBPF object; run `cargo xtask build-ebpf` and rebuild")]
     NotEmbedded,
     /// Loading eBPF needs root (CAP_BPF and CAP_NET_ADMIN).
-    #[error("loading eBPF needs root (CAP_BPF, CAP_NET_ADMIN); running as uid {uid}")]
+    #[error("loading eBPF needs root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; running as uid {uid} without them")]
     NotPrivileged {
         /// Effective uid we run as.
         uid: u32,

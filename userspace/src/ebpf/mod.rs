@@ -47,13 +47,30 @@ pub fn availability() -> Result<(), KernelError> {
     }
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    if uid != 0 {
+    // Root, or a dedicated user with the capabilities eBPF needs (the packaged systemd
+    // unit grants CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN as ambient capabilities).
+    if uid != 0 && !has_bpf_capabilities() {
         return Err(KernelError::NotPrivileged { uid });
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(KernelError::NoBtf);
     }
     Ok(())
+}
+
+/// Whether the effective capability set holds CAP_BPF (39), CAP_PERFMON (38) and
+/// CAP_NET_ADMIN (12), read from `/proc/self/status`.
+fn has_bpf_capabilities() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let need = (1u64 << 39) | (1u64 << 38) | (1u64 << 12);
+    eff & need == need
 }
 
 /// How the XDP program ended up attached.

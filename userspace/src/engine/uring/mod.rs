@@ -159,12 +159,12 @@ struct Waker {
 
 /// Handle to a worker thread.
 struct WorkerHandle {
-    /// Job queue.
-    tx: Sender<Job>,
+    /// Job queue (`None` once the engine is closed).
+    tx: parking_lot::RwLock<Option<Sender<Job>>>,
     /// Its waker.
     waker: Arc<Waker>,
-    /// The thread.
-    thread: JoinHandle<()>,
+    /// The thread (taken when joined).
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the stateless worker needs: where answers come from and the probe
@@ -176,12 +176,18 @@ pub struct StatelessParts {
     pub probe: ProbeConfig,
 }
 
+/// The stateless workers' job queue (`None` once closed) and threads.
+type StatelessHandle = (
+    parking_lot::RwLock<Option<Sender<Job>>>,
+    parking_lot::Mutex<Vec<JoinHandle<()>>>,
+);
+
 /// The running engine.
 pub struct Engine {
     /// Workers; jobs are spread by sequence number.
     workers: Vec<WorkerHandle>,
     /// The stateless (SYN, ICMP) workers, when raw probing is set up.
-    stateless: Option<(Sender<Job>, Vec<JoinHandle<()>>)>,
+    stateless: Option<StatelessHandle>,
     /// For results the engine produces itself (a probe kind it cannot run).
     results_tx: Sender<CheckResult>,
     /// Results of every probe, in completion order.
@@ -246,7 +252,11 @@ impl Engine {
             ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("engine worker died during start"))??;
-            workers.push(WorkerHandle { tx, waker, thread });
+            workers.push(WorkerHandle {
+                tx: parking_lot::RwLock::new(Some(tx)),
+                waker,
+                thread: parking_lot::Mutex::new(Some(thread)),
+            });
         }
         let stateless = match stateless {
             Some(parts) => {
@@ -259,7 +269,10 @@ impl Engine {
                     Arc::clone(&stats),
                     cfg.stateless_senders,
                 )?;
-                Some((tx, h))
+                Some((
+                    parking_lot::RwLock::new(Some(tx)),
+                    parking_lot::Mutex::new(h),
+                ))
             }
             None => None,
         };
@@ -278,7 +291,7 @@ impl Engine {
     /// The worker has stopped.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         if matches!(job.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp) {
-            let Some((tx, _)) = &self.stateless else {
+            let Some((stx, _)) = &self.stateless else {
                 let detail = "stateless probes (tcp_syn, icmp) need raw sockets and an answer path; not set up".to_owned();
                 let r = CheckResult {
                     check: job.spec.id.clone(),
@@ -293,6 +306,10 @@ impl Engine {
                 let _ = self.results_tx.send(r);
                 return Ok(());
             };
+            let guard = stx.read();
+            let Some(tx) = guard.as_ref() else {
+                return Err(job);
+            };
             return tx.send(job).map_err(|e| e.0);
         }
         let n = self.workers.len() as u64;
@@ -306,7 +323,13 @@ impl Engine {
             _ => job.seq,
         };
         let w = &self.workers[usize::try_from(key % n).unwrap_or(0)];
-        w.tx.send(job).map_err(|e| e.0)?;
+        {
+            let guard = w.tx.read();
+            let Some(tx) = guard.as_ref() else {
+                return Err(job);
+            };
+            tx.send(job).map_err(|e| e.0)?;
+        }
         if w.waker.sleeping.swap(false, Ordering::AcqRel) {
             w.waker.fd.wake();
         }
@@ -327,22 +350,28 @@ impl Engine {
 
     /// Stop accepting jobs, let in-flight probes finish or time out, join the threads.
     pub fn shutdown(self) {
-        let Engine {
-            workers, stateless, ..
-        } = self;
-        if let Some((tx, hs)) = stateless {
-            drop(tx);
-            for h in hs {
+        self.close();
+    }
+
+    /// Stop accepting jobs, let in-flight probes finish or time out, join the threads;
+    /// the results channel closes once every worker is done. Callable through a shared
+    /// reference (the daemon's threads share the engine); later `submit`s are refused.
+    pub fn close(&self) {
+        if let Some((stx, hs)) = &self.stateless {
+            stx.write().take();
+            for h in std::mem::take(&mut *hs.lock()) {
                 if h.join().is_err() {
                     warn!("stateless worker panicked");
                 }
             }
         }
-        for w in workers {
-            drop(w.tx);
+        for w in &self.workers {
+            w.tx.write().take();
             w.waker.fd.wake();
-            if w.thread.join().is_err() {
-                warn!("engine worker panicked");
+            if let Some(t) = w.thread.lock().take() {
+                if t.join().is_err() {
+                    warn!("engine worker panicked");
+                }
             }
         }
     }

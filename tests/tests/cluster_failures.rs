@@ -1,0 +1,1032 @@
+//! The cluster under failures, with real processes: a 3-member etcd cluster and 3 sonde
+//! nodes, each in a namespace of its own on a lab switch (198.18.1.0/24), probing a target
+//! namespace that answers for 198.19.0.0/16 (as in `cluster.rs`).
+//!
+//! 3. kill -9 the etcd member that is raft leader: sonde keeps probing on every node, and a
+//!    target taken down right after the kill reaches `unhealthy` in its replicas'
+//!    observations and in its quorum health (times reported).
+//! 4. All etcd members stopped; a target goes down and up again meanwhile (both transitions
+//!    happen locally); etcd restarted: both transitions reach the observation keys, in
+//!    order, nothing lost (flush time reported).
+//! 5. SIGSTOP the sonde leader past its lease TTL, change the check set, SIGCONT: every
+//!    assignment/health/suspect write after it is the new leader's (the old leader's
+//!    writes are fenced out); the old leader rejoins as a follower and runs its share.
+//! 6. One node cut off from all targets (its route to 198.19.0.0/16 removed, its link to
+//!    etcd kept): no target is marked unhealthy, the node becomes suspect; when its route
+//!    returns the suspicion is lifted after the hold-down and its opinion counts again.
+//!    The hold-down is shortened to 3 s through `SONDE_SUSPECT_HOLD_DOWN_MS` (default 30 s).
+//!
+//! The tests run one at a time (a lock): each starts 6 processes plus probing, on
+//! machines with 2 cores, and measures times.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sonde::lab::{self, HttpResponder, Netns, Port, Switch};
+use sonde_tests::{
+    daemon::{sonde_bin, Daemon, TempDir},
+    etcd_ns::{KvEvent, NsEtcd},
+};
+
+/// Membership lease TTL of the sonde nodes, seconds.
+const TTL_SECS: u64 = 3;
+/// The suspect hold-down the nodes of these tests use (default 30 s), milliseconds.
+const HOLD_DOWN_MS: u64 = 3_000;
+/// Where the target namespace sits on the switch.
+const TARGET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+
+/// One lab at a time (see the module docs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Switch, etcd and target namespaces (fields drop in order: servers first, the
+/// temporary directory last).
+struct Lab {
+    _web: HttpResponder,
+    target: Netns,
+    etcd_host: Netns,
+    sw: Switch,
+    dir: TempDir,
+}
+
+/// A sonde node: its namespace (which kills the daemon on drop), daemon and link.
+struct Node {
+    id: String,
+    ns: Netns,
+    daemon: Daemon,
+    dir: PathBuf,
+    _port: Port,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let sw = Switch::new().expect("switch");
+        let etcd_host = Netns::new("etcd").expect("etcd ns");
+        sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
+            .expect("attach etcd");
+        let target = Netns::new("tgt").expect("target ns");
+        sw.attach(&target, TARGET_ADDR, 24).expect("attach target");
+        target
+            .add_local_route("198.19.0.0/16")
+            .expect("local range");
+        target
+            .nft("add table inet lab")
+            .and_then(|()| {
+                target.nft("add chain inet lab input { type filter hook input priority 0; }")
+            })
+            .expect("nft table");
+        let web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("http");
+        Self {
+            _web: web,
+            target,
+            etcd_host,
+            sw,
+            dir,
+        }
+    }
+
+    fn etcd(&self) -> NsEtcd<'_> {
+        NsEtcd::start(
+            &self.etcd_host,
+            Ipv4Addr::new(198, 18, 1, 10),
+            3,
+            23790,
+            self.dir.0.join("etcd"),
+        )
+        .expect("etcd")
+    }
+
+    /// Start node `n<i>` (address 198.18.1.<i>).
+    fn node(&self, i: u8, etcd: &NsEtcd<'_>) -> Node {
+        let id = format!("n{i}");
+        let ns = Netns::new(&id).expect("node ns");
+        let port = self
+            .sw
+            .attach(&ns, Ipv4Addr::new(198, 18, 1, i), 24)
+            .expect("attach node");
+        ns.add_route("198.19.0.0/16", TARGET_ADDR).expect("route");
+        let dir = self.dir.0.join(&id);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let endpoints = etcd.endpoints().join(",");
+        let ttl = TTL_SECS.to_string();
+        let daemon = start_daemon(
+            &ns,
+            &dir,
+            &[("SONDE_SUSPECT_HOLD_DOWN_MS", &HOLD_DOWN_MS.to_string())],
+            &[
+                "--etcd",
+                &endpoints,
+                "--node-id",
+                &id,
+                "--iface",
+                &port.host_dev,
+                "--lease-ttl",
+                &ttl,
+            ],
+        );
+        Node {
+            id,
+            ns,
+            daemon,
+            dir,
+            _port: port,
+        }
+    }
+
+    /// Start nodes n1..=n`count`.
+    fn nodes(&self, etcd: &NsEtcd<'_>, count: u8) -> Vec<Node> {
+        (1..=count).map(|i| self.node(i, etcd)).collect()
+    }
+
+    /// The target stops answering on `addr` port 80 (its SYNs are dropped).
+    fn target_down(&self, addr: &str) {
+        self.target
+            .nft(&format!(
+                "add rule inet lab input ip daddr {addr} tcp dport 80 drop"
+            ))
+            .expect("nft drop");
+    }
+
+    /// Every target answers again.
+    fn targets_up(&self) {
+        self.target
+            .nft("flush chain inet lab input")
+            .expect("nft flush");
+    }
+}
+
+impl Node {
+    fn log(&self) -> String {
+        self.daemon.log(&self.dir)
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.daemon.pid).expect("pid");
+        // SAFETY: kill(2) on the pid of a daemon this test started and whose namespace
+        // guard has not reaped it.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    /// `(seq, at_unix_ms)` of the latest result of `check`, from `GET /v1/checks/<id>`.
+    fn last_result(&self, check: &str) -> Option<(u64, u64)> {
+        let v = self
+            .daemon
+            .client()
+            .get(&format!("/v1/checks/{check}"))
+            .ok()?;
+        let l = &v["status"]["last_result"];
+        Some((l["seq"].as_u64()?, l["at_unix_ms"].as_u64()?))
+    }
+
+    /// The local transitions of `check` (`GET /v1/checks/<id>/history`), oldest first, as
+    /// `(to, at_unix_ms)`.
+    fn transitions(&self, check: &str) -> Vec<(String, u64)> {
+        let Ok(v) = self
+            .daemon
+            .client()
+            .get(&format!("/v1/checks/{check}/history"))
+        else {
+            return Vec::new();
+        };
+        v["transitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["to"].as_str().unwrap_or_default().to_owned(),
+                    t["at_unix_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Checks this node runs now, with their local state.
+    fn states(&self) -> BTreeMap<String, String> {
+        self.daemon.states().into_iter().collect()
+    }
+}
+
+/// `sonde run` in `ns` with `env` set, like [`Daemon::start`] (same files in `dir`), and
+/// wait until its API answers.
+fn start_daemon(ns: &Netns, dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
+    let socket = dir.join("sonde.sock");
+    let token = dir.join("token");
+    let config = dir.join("daemon.toml");
+    std::fs::write(&config, "").expect("config");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log file");
+    let mut args: Vec<String> = vec!["env".into()];
+    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend([
+        sonde_bin().display().to_string(),
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--token-file".into(),
+        token.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pid = ns
+        .spawn_with(
+            &argv,
+            std::process::Stdio::null(),
+            std::process::Stdio::from(log),
+        )
+        .expect("spawn daemon");
+    let d = Daemon { pid, socket, token };
+    let start = Instant::now();
+    while d.client().get("/v1/info").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "daemon did not come up; log:\n{}",
+            d.log(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+/// Wall clock, ms since the epoch (to compare with the daemons' display times).
+fn unix_ms() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    u64::try_from(d.as_millis()).expect("ms")
+}
+
+/// Check `c<i>` probes 198.19.0.<i+1>:80.
+fn check_id(i: usize) -> String {
+    format!("c{i:03}")
+}
+
+fn check_addr(i: usize) -> String {
+    format!("198.19.{}.{}", i / 250, i % 250 + 1)
+}
+
+fn put_check(etcd: &NsEtcd<'_>, i: usize, replicas: u8) {
+    let check = serde_json::json!({
+        "check": {
+            "id": check_id(i), "target": format!("{}:80", check_addr(i)), "kind": "tcp_connect",
+            "interval": "500ms", "fast_interval": "200ms", "timeout": "150ms",
+            "rise": 1, "fall": 2,
+        },
+        "replicas": replicas,
+    });
+    etcd.put(
+        &format!("/sonde/checks/{}", check_id(i)),
+        &check.to_string(),
+    )
+    .expect("put check");
+}
+
+fn put_checks(etcd: &NsEtcd<'_>, count: usize, replicas: u8) {
+    for i in 0..count {
+        put_check(etcd, i, replicas);
+    }
+}
+
+/// An assignment record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Assigned {
+    checks: BTreeSet<String>,
+    leader: String,
+    term: i64,
+}
+
+fn parse_assigned(v: &str) -> Assigned {
+    let rec: Value = serde_json::from_str(v).expect("assignment json");
+    Assigned {
+        checks: rec["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect(),
+        leader: rec["leader"].as_str().unwrap_or_default().to_owned(),
+        term: rec["term"].as_i64().unwrap_or(0),
+    }
+}
+
+/// Assignment as etcd holds it: node -> record.
+fn assignment(etcd: &NsEtcd<'_>) -> BTreeMap<String, Assigned> {
+    etcd.get_prefix("/sonde/assign/")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("/sonde/assign/").to_owned(),
+                parse_assigned(&v),
+            )
+        })
+        .collect()
+}
+
+/// check -> replica nodes.
+fn replicas_of(a: &BTreeMap<String, Assigned>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut r: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (n, rec) in a {
+        for c in &rec.checks {
+            r.entry(c.clone()).or_default().insert(n.clone());
+        }
+    }
+    r
+}
+
+fn live_nodes(etcd: &NsEtcd<'_>) -> BTreeSet<String> {
+    etcd.get_prefix("/sonde/nodes/")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, _)| k.trim_start_matches("/sonde/nodes/").to_owned())
+        .collect()
+}
+
+/// The `health` field of a stored JSON record (observation or cluster health).
+fn health_of(record: &str) -> Option<String> {
+    let rec: Value = serde_json::from_str(record).ok()?;
+    rec["health"].as_str().map(str::to_owned)
+}
+
+fn is_healthy(record: &str) -> bool {
+    health_of(record).as_deref() == Some("healthy")
+}
+
+/// The `health` field of the JSON record stored at `key`.
+fn health_at(etcd: &NsEtcd<'_>, key: &str) -> Option<String> {
+    health_of(&etcd.get(key).ok()??.0)
+}
+
+fn obs_health(etcd: &NsEtcd<'_>, check: &str, node: &str) -> Option<String> {
+    health_at(etcd, &format!("/sonde/obs/{check}/{node}"))
+}
+
+fn cluster_health(etcd: &NsEtcd<'_>, check: &str) -> Option<String> {
+    health_at(etcd, &format!("/sonde/health/{check}"))
+}
+
+/// The `health` fields of a key's history, consecutive repeats collapsed.
+fn health_sequence(events: &[KvEvent], key: &str) -> Vec<String> {
+    let mut seq: Vec<String> = Vec::new();
+    for e in events.iter().filter(|e| e.key == key) {
+        let h = e
+            .value
+            .as_deref()
+            .map_or_else(|| "<deleted>".into(), |v| health_of(v).unwrap_or_default());
+        if seq.last() != Some(&h) {
+            seq.push(h);
+        }
+    }
+    seq
+}
+
+fn hist_of(etcd: &NsEtcd<'_>, prefix: &str, after: i64) -> Vec<KvEvent> {
+    etcd.history(prefix, after + 1, Duration::from_secs(1))
+        .expect("history")
+}
+
+/// The sonde leader: the election key with the oldest create revision.
+fn sonde_leader(etcd: &NsEtcd<'_>) -> Option<String> {
+    let out = etcd
+        .ctl(&[
+            "get",
+            "--prefix",
+            "/sonde/election",
+            "--sort-by=CREATE",
+            "--order=ASCEND",
+            "--limit=1",
+            "--print-value-only",
+        ])
+        .ok()?;
+    out.lines()
+        .next()
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until every check has `replicas` replicas among `count` live nodes, every node runs
+/// exactly its share, and every check's cluster health is healthy.
+fn wait_ready(
+    etcd: &NsEtcd<'_>,
+    nodes: &[Node],
+    checks: usize,
+    replicas: usize,
+) -> BTreeMap<String, Assigned> {
+    let start = Instant::now();
+    let (a, _) = wait_for("the assignment", Duration::from_secs(20), || {
+        let a = assignment(etcd);
+        let r = replicas_of(&a);
+        (a.len() == nodes.len() && r.len() == checks && r.values().all(|s| s.len() == replicas))
+            .then_some(a)
+    });
+    for n in nodes {
+        wait_for(
+            &format!("{} runs its share, all healthy", n.id),
+            Duration::from_secs(10),
+            || {
+                let s = n.states();
+                (s.keys().eq(a[&n.id].checks.iter()) && s.values().all(|st| st == "healthy"))
+                    .then_some(())
+            },
+        );
+    }
+    let sets = replicas_of(&a);
+    wait_for(
+        "every replica's observation and every check healthy in etcd",
+        Duration::from_secs(20),
+        || {
+            let obs: BTreeMap<String, String> = etcd
+                .get_prefix("/sonde/obs/")
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let h = etcd.get_prefix("/sonde/health/").unwrap_or_default();
+            let obs_ok = sets.iter().all(|(c, rs)| {
+                rs.iter().all(|r| {
+                    obs.get(&format!("/sonde/obs/{c}/{r}"))
+                        .is_some_and(|v| is_healthy(v))
+                })
+            });
+            (obs_ok && h.len() == checks && h.iter().all(|(_, v)| is_healthy(v))).then_some(())
+        },
+    );
+    println!(
+        "ready: {checks} checks x{replicas} over {} nodes, all healthy after {:?}",
+        nodes.len(),
+        start.elapsed()
+    );
+    a
+}
+
+#[test]
+fn etcd_leader_killed_sonde_carries_on_and_keeps_transitions() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("cf-raft");
+    let mut etcd = lab.etcd();
+    const CHECKS: usize = 30;
+    put_checks(&etcd, CHECKS, 2);
+    let nodes = lab.nodes(&etcd, 3);
+    let a = wait_ready(&etcd, &nodes, CHECKS, 2);
+    let target = check_id(0);
+    let replicas = replicas_of(&a)[&target].clone();
+    let sonde_before = sonde_leader(&etcd);
+    let rev0 = etcd.revision().expect("revision");
+    // One check per node to follow its probing.
+    let probe_of: Vec<(String, (u64, u64))> = nodes
+        .iter()
+        .map(|n| {
+            let c = a[&n.id].checks.iter().next().expect("a check").clone();
+            let last = n.last_result(&c).unwrap_or_else(|| {
+                panic!(
+                    "{}: no result for {c}: {:?}",
+                    n.id,
+                    n.daemon.client().get(&format!("/v1/checks/{c}"))
+                )
+            });
+            (c, last)
+        })
+        .collect();
+
+    let raft_leader = etcd
+        .leader()
+        .expect("endpoint status")
+        .expect("a raft leader");
+    let killed = Instant::now();
+    let killed_ms = unix_ms();
+    etcd.kill(raft_leader).expect("kill -9 the raft leader");
+    lab.target_down(&check_addr(0));
+    println!("killed etcd raft leader m{raft_leader}; {target} down at once");
+
+    let (new_raft, t_raft) = wait_for("a new raft leader", Duration::from_secs(10), || {
+        etcd.leader().ok().flatten()
+    });
+    let mut t_obs = BTreeMap::new();
+    for r in &replicas {
+        wait_for(
+            &format!("/sonde/obs/{target}/{r} unhealthy"),
+            Duration::from_secs(15),
+            || (obs_health(&etcd, &target, r).as_deref() == Some("unhealthy")).then_some(()),
+        );
+        let in_etcd = killed.elapsed();
+        // When the replica saw the transition (its local history, wall clock).
+        let node = nodes.iter().find(|n| n.id == *r).expect("replica node");
+        let local = node
+            .transitions(&target)
+            .last()
+            .map(|(_, at)| Duration::from_millis(at.saturating_sub(killed_ms)));
+        t_obs.insert(r.clone(), (local, in_etcd));
+    }
+    wait_for(
+        &format!("/sonde/health/{target} unhealthy"),
+        Duration::from_secs(15),
+        || (cluster_health(&etcd, &target).as_deref() == Some("unhealthy")).then_some(()),
+    );
+    let t_health = killed.elapsed();
+    println!(
+        "new raft leader m{new_raft} after {t_raft:?}; observations (local transition, in \
+         etcd) {t_obs:?}, cluster health unhealthy {t_health:?} after the kill"
+    );
+
+    // Probing went on everywhere: every followed check has newer results.
+    let now_ms = unix_ms();
+    for (n, (c, (seq0, at0))) in nodes.iter().zip(&probe_of) {
+        let (seq, at) = n.last_result(c).expect("a result");
+        println!(
+            "{}: {c} seq {seq0} -> {seq}, last result {} ms ago",
+            n.id,
+            now_ms.saturating_sub(at)
+        );
+        assert!(seq > *seq0 && at > *at0, "{} kept probing {c}", n.id);
+        assert!(
+            now_ms.saturating_sub(at) < 3_000,
+            "{}: {c}'s last result is recent",
+            n.id
+        );
+    }
+    // No transition lost: each replica's observation went healthy -> unhealthy.
+    let hist = etcd
+        .history("/sonde/obs/", rev0 + 1, Duration::from_secs(1))
+        .expect("history");
+    for r in &replicas {
+        let key = format!("/sonde/obs/{target}/{r}");
+        let seq = health_sequence(&hist, &key);
+        assert_eq!(seq, ["unhealthy"], "{key} after the kill");
+    }
+    // Membership held through the raft election.
+    let live = live_nodes(&etcd);
+    assert_eq!(live.len(), 3, "every node still registered: {live:?}");
+    println!(
+        "sonde leader {sonde_before:?} -> {:?}; nodes {live:?}",
+        sonde_leader(&etcd)
+    );
+    drop(nodes);
+}
+
+#[test]
+fn etcd_outage_transitions_are_flushed_in_order() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("cf-outage");
+    let mut etcd = lab.etcd();
+    const CHECKS: usize = 12;
+    put_checks(&etcd, CHECKS, 2);
+    let nodes = lab.nodes(&etcd, 3);
+    let a = wait_ready(&etcd, &nodes, CHECKS, 2);
+    let target = check_id(0);
+    let replicas: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| a[&n.id].checks.contains(&target))
+        .collect();
+    let rev0 = etcd.revision().expect("revision");
+
+    let stopped = Instant::now();
+    for i in 0..etcd.len() {
+        etcd.stop(i).expect("stop etcd member");
+    }
+    println!("all etcd members stopped in {:?}", stopped.elapsed());
+    let before: Vec<usize> = replicas
+        .iter()
+        .map(|n| n.transitions(&target).len())
+        .collect();
+    lab.target_down(&check_addr(0));
+    for (n, &b) in replicas.iter().zip(&before) {
+        let (_, t) = wait_for(
+            &format!("{}: {target} unhealthy locally", n.id),
+            Duration::from_secs(10),
+            || {
+                let tr = n.transitions(&target);
+                (tr.len() > b && tr.last().is_some_and(|(to, _)| to == "unhealthy")).then_some(())
+            },
+        );
+        println!("{}: {target} unhealthy locally after {t:?}", n.id);
+    }
+    lab.targets_up();
+    for (n, &b) in replicas.iter().zip(&before) {
+        let (_, t) = wait_for(
+            &format!("{}: {target} healthy again locally", n.id),
+            Duration::from_secs(10),
+            || {
+                let tr = n.transitions(&target);
+                let new: Vec<&str> = tr[b.min(tr.len())..]
+                    .iter()
+                    .map(|(to, _)| to.as_str())
+                    .collect();
+                (new == ["unhealthy", "healthy"]).then_some(())
+            },
+        );
+        println!("{}: {target} healthy again locally after {t:?}", n.id);
+    }
+    // An outage longer than the membership lease TTL.
+    let min_outage = Duration::from_secs(TTL_SECS + 2);
+    std::thread::sleep(min_outage.saturating_sub(stopped.elapsed()));
+    let outage = stopped.elapsed();
+
+    let restarted = Instant::now();
+    for i in 0..etcd.len() {
+        etcd.restart(i).expect("restart etcd member");
+    }
+    etcd.wait_healthy(Duration::from_secs(15))
+        .expect("etcd healthy again");
+    let t_etcd = restarted.elapsed();
+    let mut t_flush = BTreeMap::new();
+    for n in &replicas {
+        let key = format!("/sonde/obs/{target}/{}", n.id);
+        // The last transition (healthy again) lands last: wait for it, then read the
+        // key's whole history.
+        wait_for(
+            &format!("{key} written since the outage"),
+            Duration::from_secs(20),
+            || {
+                let (v, rev) = etcd.get(&key).ok()??;
+                (rev > rev0 && is_healthy(&v)).then_some(())
+            },
+        );
+        t_flush.insert(n.id.clone(), restarted.elapsed());
+    }
+    let hist = etcd
+        .history("/sonde/obs/", rev0 + 1, Duration::from_secs(1))
+        .expect("history");
+    for n in &replicas {
+        let key = format!("/sonde/obs/{target}/{}", n.id);
+        let seq = health_sequence(&hist, &key);
+        assert_eq!(
+            seq,
+            ["unhealthy", "healthy"],
+            "{key}: both transitions, in order; log of {}:\n{}",
+            n.id,
+            n.log()
+        );
+    }
+    println!(
+        "outage {outage:?}; etcd healthy {t_etcd:?} after restart; observations flushed at \
+         {t_flush:?} after restart"
+    );
+    // Every revision of each replica's key, for the report.
+    for n in &replicas {
+        let key = format!("/sonde/obs/{target}/{}", n.id);
+        let revs: Vec<(i64, String)> = hist
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| {
+                let h = e.value.as_deref().and_then(health_of).unwrap_or_default();
+                (e.revision, h)
+            })
+            .collect();
+        println!("{key} since the outage: {revs:?}");
+    }
+    let cluster = health_sequence(
+        &hist_of(&etcd, "/sonde/health/", rev0),
+        &format!("/sonde/health/{target}"),
+    );
+    // Registrations written before the outage and still there: the leases survived it.
+    let kept: Vec<String> = etcd
+        .ctl(&["get", "--prefix", "/sonde/nodes/", "-w", "json"])
+        .ok()
+        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+        .map(|v| {
+            v["kvs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|kv| kv["mod_revision"].as_i64().is_some_and(|r| r <= rev0))
+                .map(|kv| kv["lease"].to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "/sonde/health/{target} since the outage: {cluster:?}; nodes {:?}, {} of them on \
+         their pre-outage lease",
+        live_nodes(&etcd),
+        kept.len()
+    );
+    drop(nodes);
+}
+
+#[test]
+fn stopped_sonde_leader_is_fenced_out_and_rejoins() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("cf-fence");
+    let etcd = lab.etcd();
+    const CHECKS: usize = 30;
+    put_checks(&etcd, CHECKS, 2);
+    let nodes = lab.nodes(&etcd, 3);
+    let a = wait_ready(&etcd, &nodes, CHECKS, 2);
+    let (old, _) = wait_for("a sonde leader", Duration::from_secs(5), || {
+        sonde_leader(&etcd)
+    });
+    let old_term = a.values().next().expect("a record").term;
+    let old_node = nodes.iter().find(|n| n.id == old).expect("leader node");
+
+    let rev_stop = etcd.revision().expect("revision");
+    let stopped = Instant::now();
+    old_node.signal(libc::SIGSTOP);
+    println!("SIGSTOP sonde leader {old} (term {old_term})");
+    wait_for(
+        &format!("{old}'s registration expires"),
+        Duration::from_secs(TTL_SECS + 5),
+        || (!live_nodes(&etcd).contains(&old)).then_some(()),
+    );
+    let t_gone = stopped.elapsed();
+    let (new, _) = wait_for("a new sonde leader", Duration::from_secs(10), || {
+        sonde_leader(&etcd).filter(|l| *l != old)
+    });
+    let t_leader = stopped.elapsed();
+    // The check set changes while the old leader sleeps.
+    put_check(&etcd, CHECKS, 2);
+    let new_check = check_id(CHECKS);
+    let (new_term, _) = wait_for(
+        "the new leader's assignment without the old one",
+        Duration::from_secs(10),
+        || {
+            let a = assignment(&etcd);
+            let r = replicas_of(&a);
+            let terms: BTreeSet<i64> = a.values().map(|x| x.term).collect();
+            (a.len() == 2
+                && !a.contains_key(&old)
+                && a.values().all(|x| x.leader == new)
+                && terms.len() == 1
+                && r.len() == CHECKS + 1
+                && r.values().all(|s| s.len() == 2))
+            .then(|| *terms.first().expect("a term"))
+        },
+    );
+    assert!(new_term > old_term, "a newer term: {new_term} > {old_term}");
+    println!(
+        "{old} gone after {t_gone:?}; new leader {new} after {t_leader:?}; its term \
+         {new_term} assignment with {new_check} after {:?} (times since SIGSTOP)",
+        stopped.elapsed()
+    );
+    // Stopped well past the lease TTL.
+    let min_pause = Duration::from_secs(TTL_SECS + 1);
+    std::thread::sleep(min_pause.saturating_sub(stopped.elapsed()));
+    let rev_cont = etcd.revision().expect("revision");
+    let paused = stopped.elapsed();
+    old_node.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    println!("SIGCONT {old} after {paused:?} stopped");
+
+    let (share, t_rejoin) = wait_for(
+        &format!("{old} rejoins and gets a share"),
+        Duration::from_secs(15),
+        || {
+            let a = assignment(&etcd);
+            let r = replicas_of(&a);
+            (live_nodes(&etcd).contains(&old)
+                && a.len() == 3
+                && a.get(&old).is_some_and(|x| !x.checks.is_empty())
+                && r.len() == CHECKS + 1
+                && r.values().all(|s| s.len() == 2))
+            .then(|| a[&old].checks.clone())
+        },
+    );
+    let (_, t_runs) = wait_for(
+        &format!("{old} runs its share"),
+        Duration::from_secs(10),
+        || {
+            let running: BTreeSet<String> = old_node.states().into_keys().collect();
+            (running == share).then_some(())
+        },
+    );
+    println!(
+        "{old} registered again with {} checks after {t_rejoin:?}, runs them after {t_runs:?} more",
+        share.len()
+    );
+    // Give a stale leader loop time to try anything it would.
+    std::thread::sleep(Duration::from_secs(2));
+    // The fencing property: nothing the stale leader decided in its old term lands
+    // after it wakes. (On a loaded machine a lease may legitimately lapse and a later
+    // term begin, so the check is "never the old leader's term", not "exactly the
+    // new term".)
+    assert_ne!(
+        sonde_leader(&etcd).as_deref(),
+        Some(old.as_str()),
+        "{old} is a follower"
+    );
+    let a = assignment(&etcd);
+    for (n, rec) in &a {
+        assert!(
+            rec.term >= new_term && !(rec.leader == old && rec.term == old_term),
+            "/sonde/assign/{n}: {rec:?}"
+        );
+    }
+    // Every leader write since the SIGCONT carries the new term.
+    let mut writes = 0;
+    for prefix in ["/sonde/assign/", "/sonde/health/", "/sonde/suspects/"] {
+        let hist = etcd
+            .history(prefix, rev_cont + 1, Duration::from_secs(1))
+            .expect("history");
+        for e in &hist {
+            let Some(v) = &e.value else { continue };
+            let rec: Value = serde_json::from_str(v).expect("record json");
+            assert!(
+                rec["term"].as_i64().is_some_and(|t| t >= new_term),
+                "{} at revision {}: written under the old term: {v}",
+                e.key,
+                e.revision
+            );
+            if prefix == "/sonde/assign/" {
+                assert!(
+                    !(rec["leader"].as_str() == Some(old.as_str())
+                        && rec["term"].as_i64() == Some(old_term)),
+                    "{}: the stale leader's write landed: {v}",
+                    e.key
+                );
+            }
+            writes += 1;
+        }
+    }
+    // Every target stayed up: the cluster's verdicts never left `healthy` (a new check
+    // starts without one) through the failover.
+    let hist = hist_of(&etcd, "/sonde/health/", rev_stop);
+    let flaps: Vec<(i64, &str, &str)> = hist
+        .iter()
+        .filter(|e| !e.value.as_deref().is_some_and(is_healthy))
+        .map(|e| {
+            (
+                e.revision,
+                e.key.as_str(),
+                e.value.as_deref().unwrap_or("<deleted>"),
+            )
+        })
+        .filter(|(_, k, _)| !k.ends_with(&new_check))
+        .collect();
+    println!(
+        "{} health writes since the SIGSTOP, not healthy: {flaps:?}",
+        hist.len()
+    );
+    assert!(
+        flaps.is_empty(),
+        "the new leader keeps the verdicts it has no quorum for: {flaps:?}"
+    );
+    let log = old_node.log();
+    let fenced = log.contains("a fenced write was refused");
+    let stepped = log.contains("stepping down");
+    println!(
+        "{writes} leader writes since the SIGCONT, all term {new_term} by {new}; {old}'s log: \
+         fenced write refused: {fenced}, stepped down: {stepped} ({:?} after SIGCONT)",
+        resumed.elapsed()
+    );
+    // Which of these the woken node logs first is a race (its lease keeper, its leader
+    // loop and its campaign wake together); the strict proof of fencing is the etcd
+    // history above: no write after the SIGCONT carries the old term.
+    let lost = log.contains("membership lease lost");
+    assert!(
+        fenced || stepped || lost,
+        "{old} noticed it is no longer leader; log:\n{log}"
+    );
+    let words = ["elected", "fenced", "stepping", "registered", "lease lost"];
+    for line in log.lines().filter(|l| words.iter().any(|w| l.contains(w))) {
+        println!("  {old}: {line}");
+    }
+    drop(nodes);
+}
+
+#[test]
+fn node_cut_off_from_targets_is_suspect_and_counts_again() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("cf-suspect");
+    let etcd = lab.etcd();
+    const CHECKS: usize = 12;
+    put_checks(&etcd, CHECKS, 3);
+    let nodes = lab.nodes(&etcd, 3);
+    wait_ready(&etcd, &nodes, CHECKS, 3);
+    let cut = &nodes[2];
+    let suspect_key = format!("/sonde/suspects/{}", cut.id);
+    let rev0 = etcd.revision().expect("revision");
+
+    let t0 = Instant::now();
+    cut.ns
+        .ip(&["route", "del", "198.19.0.0/16"])
+        .expect("remove the route to the targets");
+    let (_, t_suspect) = wait_for(
+        &format!("{suspect_key} appears"),
+        Duration::from_secs(15),
+        || etcd.get(&suspect_key).ok().flatten(),
+    );
+    let (_, t_local) = wait_for(
+        &format!("{} sees every target down", cut.id),
+        Duration::from_secs(10),
+        || {
+            let s = cut.states();
+            (s.len() == CHECKS && s.values().all(|st| st == "unhealthy")).then_some(())
+        },
+    );
+    println!(
+        "{} cut off: suspect after {t_suspect:?}, all its checks unhealthy locally after {:?}",
+        cut.id,
+        t_suspect + t_local
+    );
+    // Stay cut a little while; the targets stay healthy in etcd.
+    std::thread::sleep(Duration::from_secs(2));
+    for (k, v) in etcd.get_prefix("/sonde/health/").expect("health") {
+        assert!(is_healthy(&v), "{k} stays healthy: {v}");
+    }
+
+    let t1 = Instant::now();
+    cut.ns
+        .add_route("198.19.0.0/16", TARGET_ADDR)
+        .expect("route back");
+    let (_, t_back) = wait_for(
+        &format!("{} sees the targets again", cut.id),
+        Duration::from_secs(10),
+        || {
+            let s = cut.states();
+            (s.len() == CHECKS && s.values().all(|st| st == "healthy")).then_some(())
+        },
+    );
+    let (_, t_cleared) = wait_for(
+        &format!("{suspect_key} removed"),
+        Duration::from_secs(HOLD_DOWN_MS / 1000 + 15),
+        || {
+            etcd.get(&suspect_key)
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    );
+    println!(
+        "link back: {} healthy locally after {t_back:?}, suspicion lifted after {:?} \
+         (hold-down {HOLD_DOWN_MS} ms)",
+        cut.id,
+        t_back + t_cleared
+    );
+    assert!(
+        t_back + t_cleared >= Duration::from_millis(HOLD_DOWN_MS),
+        "not before the hold-down"
+    );
+    // Nothing was marked unhealthy during the cut.
+    let hist = etcd
+        .history("/sonde/health/", rev0 + 1, Duration::from_secs(1))
+        .expect("history");
+    for e in &hist {
+        let v = e.value.as_deref().unwrap_or_default();
+        assert!(
+            health_of(v).as_deref() != Some("unhealthy"),
+            "{} at revision {}: {v}",
+            e.key,
+            e.revision
+        );
+    }
+    println!(
+        "{} health writes since the cut, none unhealthy; cut lasted {:?}",
+        hist.len(),
+        t1 - t0
+    );
+
+    // Its opinion counts again: a real outage is decided by all three replicas.
+    let target = check_id(1);
+    lab.target_down(&check_addr(1));
+    let (rec, t_down) = wait_for(
+        &format!("/sonde/health/{target} unhealthy"),
+        Duration::from_secs(10),
+        || {
+            let (v, _) = etcd.get(&format!("/sonde/health/{target}")).ok()??;
+            let rec: Value = serde_json::from_str(&v).ok()?;
+            (rec["health"] == "unhealthy").then_some(rec)
+        },
+    );
+    println!("{target} down for real: unhealthy after {t_down:?}: {rec}");
+    assert_eq!(rec["counted"], 3, "{} counts again: {rec}", cut.id);
+    assert_eq!(rec["ignored_suspect"], 0, "{rec}");
+    drop(nodes);
+}
