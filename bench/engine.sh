@@ -30,8 +30,8 @@
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
 #      SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
 #      every HTTP tool, default 64), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
-#      198.19.0.0/16), NGINX_WORKERS (default 1), H2LOAD_RATE (h2load runs -n H2LOAD_RATE*DUR
-#      requests, since its -D mode never ends with Connection: close; default 40000).
+#      198.19.0.0/16), NGINX_WORKERS (default 2), H2LOAD_N (requests h2load runs, since its -D
+#      mode never ends with Connection: close; default: as many as wrk did in DUR s just before).
 # Output: a table on stdout, bench/out/engine-<timestamp>.tsv, raw logs in bench/out/engine-<timestamp>/.
 set -euo pipefail
 
@@ -47,8 +47,8 @@ HTTP_PORT=8080
 HTTP_ADDR=${HTTP_ADDR:-198.19.0.1}
 HTTP_MANY=${HTTP_MANY:-198.19.0.0/16}
 HTTP_CONNS=${HTTP_CONNS:-64}
-NGINX_WORKERS=${NGINX_WORKERS:-1}
-H2LOAD_RATE=${H2LOAD_RATE:-40000}
+NGINX_WORKERS=${NGINX_WORKERS:-2}
+H2LOAD_N=${H2LOAD_N:-}
 HTTP_URL=http://$HTTP_ADDR:$HTTP_PORT/health
 BIN=${SONDE_BENCH:-$ROOT/target/release/sonde-bench}
 TARGETS=198.19.0.0/16
@@ -116,7 +116,9 @@ setup() {
   inT sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_ratemask=0 \
     net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535
   inP sysctl -qw net.ipv4.ip_local_port_range="10000 60999"
-  # Probes that reach the target, by kind (netdev ingress: before the stack).
+  # Probes that reach the target, by kind (netdev ingress: before the stack). HTTP: "conn" counts
+  # new connections to :8080, "req" requests: segments to :8080 with a payload of more than 28
+  # bytes (SYN is 60 bytes of IP + TCP, ACK and FIN 52; wrk's request, the shortest, ~100).
   inT nft -f - <<'EOF'
 table netdev sb {
   chain in {
@@ -295,7 +297,8 @@ pct = 100 * matched / probes if probes else 0
 # machine CPU time per matched answer, in microseconds (all cores, steady state)
 # user time on the machine that was neither the tool's nor nginx's: other work (a build, tests)
 # disturbed the run
-foreign = (cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs - server_user / hz / secs
+foreign = ((cpu[0] + cpu[1]) / (sum(cpu) or 1) * (os.cpu_count() or 1) - us / secs
+           - server_user / hz / secs)
 per = machine / 100 * (os.cpu_count() or 1) * 1e6 / (matched / secs) if matched else 0
 # HTTP rows: nginx's CPU (1 core = 100 %) and new connections per request that reached it
 http = work.startswith("http")
@@ -345,9 +348,14 @@ work_http() {
   sonde_http sonde-http http "$HTTP_ADDR"; row http sonde sonde
   run wrk-http req wrk -t2 -c"$HTTP_CONNS" -d"${DUR}s" -H "Connection: close" "$HTTP_URL"
   row http wrk wrk
-  # h2load's timing mode (-D) never finishes with Connection: close: a request count instead.
-  run h2load-http req h2load --h1 -n $((H2LOAD_RATE * DUR)) -c "$HTTP_CONNS" -t 2 -m 1 \
-    -H "Connection: close" "$HTTP_URL"
+  # h2load's timing mode (-D) never finishes with Connection: close: a request count instead,
+  # what wrk did in DUR s (so about DUR s; the active time is measured, not assumed).
+  local n=$H2LOAD_N
+  [ -n "$n" ] ||
+    n=$(awk -F'\t' '$1 == "http" && $2 == "wrk" { n = $11 } END { print n + 0 }' "$TSV")
+  [ "$n" -ge 1000 ] || n=$((20000 * DUR))
+  run h2load-http req h2load --h1 -n "$n" -c "$HTTP_CONNS" -t 2 -m 1 -H "Connection: close" \
+    "$HTTP_URL"
   row http h2load h2load
   run hyper-http req "$BIN" http-hyper --duration "$DUR" --targets "$HTTP_ADDR" \
     --port "$HTTP_PORT" --path /health --expect-body OK --inflight "$HTTP_CONNS" --threads 2
@@ -382,7 +390,8 @@ table() {  # ratio sonde / peer of matched per second, per work
     END { n = split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best http 1 best " \
         "http-keepalive 0.8 wrk", g, " ")
       for (i = 1; i < n; i += 3) { w = g[i]; if (!(w in s)) continue
-        ref = g[i + 2] == "best" ? best[w] : v[w, g[i + 2]]; by = g[i + 2] == "best" ? who[w] : g[i + 2]
+        ref = g[i + 2] == "best" ? best[w] : v[w, g[i + 2]]
+        by = g[i + 2] == "best" ? who[w] : g[i + 2]
         x = ref > 0 ? s[w] / ref : 0
         printf "goal\t%s >= %sx %s\t%.2fx\t%s\n", w, g[i + 1], by, x, (x >= g[i + 1] ? "met" : "NOT met") }
       if (bad) print "(!): other work was running on the machine during that run; rerun it (ONLY=work)" }' \
