@@ -68,6 +68,21 @@ impl Daemon {
     /// It does not come up within 10 s.
     #[must_use]
     pub fn start(ns: &Netns, dir: &Path, config: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(ns, dir, config, extra, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables set for the daemon.
+    ///
+    /// # Panics
+    /// It does not come up within 10 s.
+    #[must_use]
+    pub fn start_with_env(
+        ns: &Netns,
+        dir: &Path,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.join("sonde.sock");
         let token = dir.join("token");
         let bin = sonde_bin();
@@ -76,7 +91,9 @@ impl Daemon {
             .append(true)
             .open(dir.join("daemon.log"))
             .expect("log file");
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        args.extend([
             bin.display().to_string(),
             "run".into(),
             "--config".into(),
@@ -87,7 +104,7 @@ impl Daemon {
             socket.display().to_string(),
             "--token-file".into(),
             token.display().to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let pid = ns

@@ -30,7 +30,7 @@ use std::{
 use serde_json::Value;
 use sonde::lab::{self, HttpResponder, Netns, Port, Switch};
 use sonde_tests::{
-    daemon::{sonde_bin, Daemon, TempDir},
+    daemon::{Daemon, TempDir},
     etcd_ns::{KvEvent, NsEtcd},
 };
 
@@ -220,49 +220,9 @@ impl Node {
 /// `sonde run` in `ns` with `env` set, like [`Daemon::start`] (same files in `dir`), and
 /// wait until its API answers.
 fn start_daemon(ns: &Netns, dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
-    let socket = dir.join("sonde.sock");
-    let token = dir.join("token");
     let config = dir.join("daemon.toml");
     std::fs::write(&config, "").expect("config");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .expect("log file");
-    let mut args: Vec<String> = vec!["env".into()];
-    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    args.extend([
-        sonde_bin().display().to_string(),
-        "run".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-dir".into(),
-        dir.join("state").display().to_string(),
-        "--socket".into(),
-        socket.display().to_string(),
-        "--token-file".into(),
-        token.display().to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pid = ns
-        .spawn_with(
-            &argv,
-            std::process::Stdio::null(),
-            std::process::Stdio::from(log),
-        )
-        .expect("spawn daemon");
-    let d = Daemon { pid, socket, token };
-    let start = Instant::now();
-    while d.client().get("/v1/info").is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "daemon did not come up; log:\n{}",
-            d.log(dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    d
+    Daemon::start_with_env(ns, dir, &config, extra, env)
 }
 
 /// Wall clock, ms since the epoch (to compare with the daemons' display times).
