@@ -31,3 +31,29 @@ pub fn check(
         labels: BTreeMap::new(),
     })
 }
+
+/// Submit one probe of each check (sequence numbers in order) and collect every result,
+/// sorted by sequence number.
+///
+/// # Panics
+/// A check cannot be prepared, the engine stopped, or a result is late by 10 s.
+#[must_use]
+pub fn run_once(
+    engine: &sonde::engine::uring::Engine,
+    specs: &[Arc<CheckSpec>],
+) -> Vec<sonde::engine::result::CheckResult> {
+    for (i, s) in specs.iter().enumerate() {
+        let job = sonde::engine::uring::Job::new(Arc::clone(s), i as u64).expect("prepare");
+        engine.submit(job).expect("engine running");
+    }
+    let mut out: Vec<_> = (0..specs.len())
+        .map(|_| {
+            engine
+                .results()
+                .recv_timeout(Duration::from_secs(10))
+                .expect("result")
+        })
+        .collect();
+    out.sort_by_key(|r| r.seq);
+    out
+}

@@ -1,34 +1,20 @@
 //! The io_uring engine against real targets in namespaces: TCP connect and UDP probes,
 //! open / closed / silent targets, timeout precision and file-descriptor hygiene.
 
-use std::{net::TcpListener, sync::Arc, time::Duration};
+use std::{net::TcpListener, time::Duration};
 
 use sonde::{
     engine::{
-        result::{CheckResult, Reason},
+        result::Reason,
         spec::{ProbeSpec, UdpSpec},
-        uring::{Engine, EngineConfig, Job},
+        uring::{Engine, EngineConfig},
     },
     lab::{self, Lab},
 };
-use sonde_tests::{checks::check, servers::udp_echo};
-
-fn run_all(engine: &Engine, jobs: Vec<Job>) -> Vec<CheckResult> {
-    let n = jobs.len();
-    for j in jobs {
-        engine.submit(j).expect("engine running");
-    }
-    let mut out: Vec<CheckResult> = (0..n)
-        .map(|_| {
-            engine
-                .results()
-                .recv_timeout(Duration::from_secs(10))
-                .expect("result")
-        })
-        .collect();
-    out.sort_by_key(|r| r.seq);
-    out
-}
+use sonde_tests::{
+    checks::{check, run_once},
+    servers::udp_echo,
+};
 
 #[test]
 fn tcp_connect_and_udp_probes() {
@@ -75,12 +61,7 @@ fn tcp_connect_and_udp_probes() {
         check("udp-closed", "198.18.0.2", 8, udp("hello", ""), t),
         check("udp-silent", "198.18.0.2", 9, udp("hello", ""), t),
     ];
-    let jobs = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Job::new(Arc::clone(s), i as u64).expect("prepare"))
-        .collect();
-    let results = run_all(&engine, jobs);
+    let results = run_once(&engine, &specs);
     let reasons: Vec<(&str, &Reason)> = results
         .iter()
         .map(|r| (r.check.as_str(), &r.reason))

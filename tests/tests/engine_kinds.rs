@@ -3,18 +3,18 @@
 //! with a self-signed certificate (expiry reported; refused when verifying), and DNS
 //! (answer, NXDOMAIN, a stray answer with the wrong id first).
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use sonde::{
     engine::{
-        result::{CheckResult, Reason},
+        result::Reason,
         spec::{DnsSpec, HttpExpect, HttpSpec, ProbeSpec, ProxyProtocol, StatusRange, TlsSpec},
-        uring::{Engine, EngineConfig, Job},
+        uring::{Engine, EngineConfig},
     },
     lab::{self, Lab},
 };
 use sonde_tests::{
-    checks::check,
+    checks::{check, run_once},
     servers::{dns_server, http_server, tls_config, HttpReply},
 };
 
@@ -30,24 +30,6 @@ fn http(path: &str) -> HttpSpec {
         max_body: 4096,
         expect: HttpExpect::default(),
     }
-}
-
-fn run(engine: &Engine, specs: &[Arc<sonde::engine::spec::CheckSpec>]) -> Vec<CheckResult> {
-    for (i, s) in specs.iter().enumerate() {
-        engine
-            .submit(Job::new(Arc::clone(s), i as u64).expect("prepare"))
-            .expect("running");
-    }
-    let mut out: Vec<CheckResult> = (0..specs.len())
-        .map(|_| {
-            engine
-                .results()
-                .recv_timeout(Duration::from_secs(10))
-                .expect("result")
-        })
-        .collect();
-    out.sort_by_key(|r| r.seq);
-    out
 }
 
 #[test]
@@ -262,7 +244,7 @@ fn http_https_and_dns_probes() {
         })
         .expect("enter")
         .expect("engine");
-    let results = run(&engine, &specs);
+    let results = run_once(&engine, &specs);
     let by = |id: &str| {
         results
             .iter()
