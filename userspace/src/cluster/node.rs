@@ -24,10 +24,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
@@ -70,10 +70,13 @@ fn default_replicas() -> u8 {
 
 /// What the node runtime needs from the local daemon.
 pub trait Local: Send + Sync + 'static {
-    /// Ids of the checks running now.
-    fn running(&self) -> BTreeSet<CheckId>;
-    /// Start `add` (already validated) and stop `remove`.
-    fn apply(&self, add: Vec<CheckSpec>, remove: Vec<CheckId>);
+    /// The checks running now, with their definitions.
+    fn running(&self) -> BTreeMap<CheckId, Arc<CheckSpec>>;
+    /// Start `add` (already validated), replace the definitions of `change` (running
+    /// checks whose definition changed in etcd) and stop `remove`.
+    fn apply(&self, add: Vec<CheckSpec>, change: Vec<CheckSpec>, remove: Vec<CheckId>);
+    /// The daemon's `[defaults]`, applied to the checks stored in etcd as to the file's.
+    fn defaults(&self) -> Defaults;
     /// Follow transitions.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
     /// The current local opinion of a check (health and the latest reason).
@@ -108,6 +111,19 @@ pub struct NodeStats {
     pub health_written: AtomicU64,
     /// Terms won.
     pub terms: AtomicU64,
+    /// 1 while this node acts as leader (writes assignments, suspects and health), 0
+    /// otherwise; it turns 0 before its lease can expire when renewals stop.
+    pub leader: AtomicBool,
+    /// The term this node leads (its election key's create revision), 0 when it does
+    /// not lead.
+    pub term: AtomicI64,
+    /// Times it stopped leading on its own clock (lease not renewed in time, or
+    /// replaced), before etcd could expire the lease.
+    pub stepdowns: AtomicU64,
+    /// Transitions the observation task missed because the daemon's event stream
+    /// lagged (they are also counted in `observations_dropped`; the current opinion of
+    /// every running check is published instead).
+    pub events_lagged: AtomicU64,
 }
 
 /// Shared state of the runtime's tasks.
@@ -126,7 +142,7 @@ struct Node {
     lease: watch::Sender<i64>,
     /// When the current lease can expire at the earliest, on this node's clock (from
     /// the last acknowledged renewal); `None` while not registered.
-    lease_expiry: watch::Sender<Option<std::time::Instant>>,
+    lease_expiry: watch::Sender<Option<Instant>>,
 }
 
 fn unix_ms() -> u64 {
@@ -218,7 +234,7 @@ impl Node {
                         let _ = self.etcd.lease_revoke(lease.id).await;
                         return;
                     }
-                                        r = state.changed() => {
+                    r = state.changed() => {
                         if r.is_err() || state.borrow().lost {
                             warn!(node = %self.opts.id, "membership lease lost; registering again");
                             break;
@@ -231,6 +247,69 @@ impl Node {
             let _ = self.lease.send(0);
             self.lease_expiry.send_replace(None);
             drop(keeper);
+        }
+    }
+
+    /// The latest moment this node may act as leader on its own monotonic clock: a
+    /// third of the TTL before the lease can expire, i.e. two thirds of the TTL after the
+    /// last acknowledged renewal was sent. `None` while no lease is known to be held.
+    fn lead_deadline(&self) -> Option<Instant> {
+        let margin = self.opts.lease_ttl / 3;
+        self.lease_expiry
+            .borrow()
+            .and_then(|e| e.checked_sub(margin))
+    }
+
+    /// True while the lease is held with enough margin to act as leader.
+    fn may_lead(&self) -> bool {
+        self.lead_deadline().is_some_and(|d| Instant::now() < d)
+    }
+
+    /// Wait until the lease `lease` is held with margin (a renewal was acknowledged
+    /// recently enough). Returns false when the lease was replaced meanwhile.
+    async fn lease_fresh(&self, lease: i64, lease_rx: &mut watch::Receiver<i64>) -> bool {
+        let mut expiry = self.lease_expiry.subscribe();
+        loop {
+            if *lease_rx.borrow() != lease {
+                return false;
+            }
+            if self.may_lead() {
+                return true;
+            }
+            tokio::select! {
+                r = expiry.changed() => if r.is_err() { return false },
+                r = lease_rx.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
+    /// Resolves when this node must stop leading: the lease was replaced, or its lead
+    /// deadline ([`Node::lead_deadline`]) passed on this node's clock. A process that was
+    /// stopped (SIGSTOP) and resumes finds the deadline in the past at once: the
+    /// monotonic clock kept running while it slept.
+    async fn must_step_down(
+        &self,
+        lease: i64,
+        lease_rx: &mut watch::Receiver<i64>,
+    ) -> &'static str {
+        let mut expiry = self.lease_expiry.subscribe();
+        loop {
+            if *lease_rx.borrow() != lease {
+                return "lease replaced";
+            }
+            let Some(deadline) = self.lead_deadline() else {
+                return "lease no longer held";
+            };
+            if Instant::now() >= deadline {
+                return "lease not renewed in time";
+            }
+            tokio::select! {
+                // Also wake at least every 50 ms: a sleep of the process is noticed
+                // by the clock check above whichever timer fires first after it.
+                () = tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(50)).into()) => {}
+                r = expiry.changed() => if r.is_err() { return "lease keeper stopped" },
+                r = lease_rx.changed() => if r.is_err() { return "membership stopped" },
+            }
         }
     }
 
@@ -248,6 +327,15 @@ impl Node {
                     _ = lease_rx.changed() => continue,
                 }
             }
+            // Only campaign on a lease renewed recently: after a step down (or a
+            // SIGSTOP) the old lease may be about to expire.
+            let fresh = tokio::select! {
+                () = stopped(&mut sd) => return,
+                f = self.lease_fresh(lease, &mut lease_rx) => f,
+            };
+            if !fresh {
+                continue;
+            }
             let won = tokio::select! {
                 () = stopped(&mut sd) => return,
                 r = self.etcd.campaign(self.keys.election(), self.opts.id.as_str(), lease, Duration::from_secs(3600)) => r,
@@ -261,34 +349,35 @@ impl Node {
                 }
             };
             let term = leader.rev();
-            self.stats.terms.fetch_add(1, Ordering::Relaxed);
-            info!(node = %self.opts.id, term, "elected leader");
-            let key = leader.key().to_vec();
-            let lead = Arc::clone(&self).lead(term, key, sd.clone());
-            // Step down on our own clock before the lease can expire, or when it changes.
-            let ttl = self.opts.lease_ttl;
-            let margin = ttl / 3;
-            let expiry = self.lease_expiry.subscribe();
-            let stepdown = async {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if *lease_rx.borrow() != lease {
-                        return "lease replaced";
+            let elected = Instant::now();
+            if self.may_lead() {
+                self.stats.terms.fetch_add(1, Ordering::Relaxed);
+                self.stats.term.store(term, Ordering::Relaxed);
+                self.stats.leader.store(true, Ordering::Release);
+                info!(node = %self.opts.id, term, "elected leader");
+                let key = leader.key().to_vec();
+                let lead = Arc::clone(&self).lead(term, key, sd.clone());
+                // Step down on our own clock before the lease can expire, or when it
+                // changes; checked first so a resumed process never runs a round late.
+                let stepdown = self.must_step_down(lease, &mut lease_rx);
+                tokio::select! {
+                    biased;
+                    why = stepdown => {
+                        self.stats.stepdowns.fetch_add(1, Ordering::Relaxed);
+                        warn!(node = %self.opts.id, term, why, led_ms = elected.elapsed().as_millis() as u64, "stepping down");
                     }
-                    // TODO(#5): also step down on our own clock before the lease can
-                    // expire (`expiry` - `margin`); a first version did not pass the
-                    // SIGSTOP fencing test yet. Until then fencing alone keeps a stale
-                    // leader's writes out.
-                    let _ = (&expiry, margin);
+                    () = stopped(&mut sd) => {
+                        self.stats.leader.store(false, Ordering::Release);
+                        self.stats.term.store(0, Ordering::Relaxed);
+                        let _ = self.etcd.resign(&leader).await;
+                        return;
+                    }
+                    () = lead => {}
                 }
-            };
-            tokio::select! {
-                () = stopped(&mut sd) => {
-                    let _ = self.etcd.resign(&leader).await;
-                    return;
-                }
-                why = stepdown => warn!(node = %self.opts.id, term, why, "stepping down"),
-                () = lead => {}
+                self.stats.leader.store(false, Ordering::Release);
+                self.stats.term.store(0, Ordering::Relaxed);
+            } else {
+                warn!(node = %self.opts.id, term, "elected, but the lease is past its lead deadline; resigning");
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.etcd.resign(&leader)).await;
         }
@@ -307,81 +396,85 @@ impl Node {
         }
     }
 
+    /// One pass of following: read this node's assignment and the definitions, then
+    /// apply every later change from watches that start right after those reads.
+    ///
+    /// The node acts on the newest assignment only: the watch on `P/assign/<id>` is a
+    /// prefix watch, so keys of other nodes sharing the prefix (`n1` vs `n10`) are
+    /// skipped; records of an older term or revision than the one applied are ignored.
     async fn follow_once(self: Arc<Self>, sd: &mut watch::Receiver<bool>) -> Result<(), EtcdError> {
         let mine = self.keys.assign(&self.opts.id);
-        let a = self.etcd.get(&mine).await?;
+        // Read the assignment with its store revision and watch from just after it: a
+        // change landing between this read and the definitions' read is replayed.
+        let a = self.etcd.get_prefix(&mine).await?;
         let checks = self.etcd.get_prefix(self.keys.checks()).await?;
+        let defaults = self.local.defaults();
         let mut defs: HashMap<CheckId, CheckSpec> = HashMap::new();
         for kv in &checks.kvs {
-            if let Some(spec) = parse_stored(&kv.value) {
+            if let Some(spec) = parse_stored(&kv.value, &defaults) {
                 defs.insert(spec.id.clone(), spec);
             }
         }
-        let mut term = 0i64;
-        let mut wanted: BTreeSet<CheckId> = BTreeSet::new();
-        if let Some(kv) = a {
-            if let Ok(r) = serde_json::from_slice::<AssignmentRecord>(&kv.value) {
-                term = r.term;
-                wanted = r.checks.into_iter().collect();
-            }
+        let mut applied = Applied::default();
+        if let Some(kv) = a.kvs.iter().find(|kv| kv.key == mine.as_bytes()) {
+            applied.accept(kv.mod_revision, Some(&kv.value));
         }
-        self.reconcile(&wanted, &defs);
-        let from = checks.revision + 1;
-        let mut w_assign = self.etcd.watch_prefix(&mine, from);
-        let mut w_checks = self.etcd.watch_prefix(self.keys.checks(), from);
+        self.reconcile(&applied.wanted, &defs);
+        let mut w_assign = self.etcd.watch_prefix(&mine, a.revision + 1);
+        let mut w_checks = self
+            .etcd
+            .watch_prefix(self.keys.checks(), checks.revision + 1);
         loop {
             tokio::select! {
                 () = stopped(sd) => return Ok(()),
                 u = w_assign.next() => match u {
-                    Some(WatchUpdate::Event(ev)) => {
-                        match ev.value.as_deref().map(serde_json::from_slice::<AssignmentRecord>) {
-                            Some(Ok(r)) if r.term >= term => {
-                                term = r.term;
-                                wanted = r.checks.into_iter().collect();
-                            }
-                            Some(Ok(r)) => debug!(term = r.term, newest = term, "ignoring an older term's assignment"),
-                            Some(Err(e)) => warn!(error = %e, "unreadable assignment record"),
-                            None => wanted.clear(),
+                    Some(WatchUpdate::Event(ev)) if ev.key == mine.as_bytes() => {
+                        if applied.accept(ev.revision, ev.value.as_deref()) {
+                            self.reconcile(&applied.wanted, &defs);
                         }
-                        self.reconcile(&wanted, &defs);
                     }
-                    Some(WatchUpdate::Compacted { .. }) => return Ok(()),
+                    Some(WatchUpdate::Compacted { .. }) | None => return Ok(()),
                     Some(_) => {}
-                    None => return Ok(()),
                 },
                 u = w_checks.next() => match u {
                     Some(WatchUpdate::Event(ev)) => {
                         let id = self.keys.tail(&self.keys.checks(), &utf8(&ev.key)).map(CheckId::new);
-                        match (id, ev.value.as_deref().and_then(parse_stored)) {
+                        match (id, ev.value.as_deref().and_then(|v| parse_stored(v, &defaults))) {
                             (_, Some(spec)) => { defs.insert(spec.id.clone(), spec); }
                             (Some(id), None) => { defs.remove(&id); }
                             (None, None) => {}
                         }
-                        self.reconcile(&wanted, &defs);
+                        self.reconcile(&applied.wanted, &defs);
                     }
-                    Some(WatchUpdate::Compacted { .. }) => return Ok(()),
+                    Some(WatchUpdate::Compacted { .. }) | None => return Ok(()),
                     Some(_) => {}
-                    None => return Ok(()),
                 },
             }
         }
     }
 
+    /// Make the daemon run exactly the wanted checks that have a definition, each with
+    /// its newest definition.
     fn reconcile(&self, wanted: &BTreeSet<CheckId>, defs: &HashMap<CheckId, CheckSpec>) {
         let running = self.local.running();
         let add: Vec<CheckSpec> = wanted
             .iter()
-            .filter(|id| !running.contains(*id))
+            .filter(|id| !running.contains_key(*id))
             .filter_map(|id| defs.get(id).cloned())
             .collect();
-        let remove: Vec<CheckId> = running
+        let change: Vec<CheckSpec> = running
             .iter()
+            .filter(|(id, _)| wanted.contains(*id))
+            .filter_map(|(id, spec)| defs.get(id).filter(|d| **d != **spec).cloned())
+            .collect();
+        let remove: Vec<CheckId> = running
+            .keys()
             .filter(|id| !wanted.contains(*id) || !defs.contains_key(*id))
             .cloned()
             .collect();
-        if !add.is_empty() || !remove.is_empty() {
-            info!(node = %self.opts.id, add = add.len(), remove = remove.len(), "assignment applied");
-            self.local.apply(add, remove);
+        if !add.is_empty() || !change.is_empty() || !remove.is_empty() {
+            info!(node = %self.opts.id, add = add.len(), change = change.len(), remove = remove.len(), "assignment applied");
+            self.local.apply(add, change, remove);
         }
     }
 
@@ -397,18 +490,20 @@ impl Node {
                 e = events.recv() => match e {
                     Ok(ev) => {
                         if let Event::Transition(t) = &*ev {
-                            if pending.len() >= self.opts.max_pending {
-                                pending.pop_front();
-                                self.stats.observations_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            pending.push_back((t.check.clone(), ObservationRecord { health: t.to, reason: t.reason.clone(), at_unix_ms: unix_ms() }));
+                            let rec = ObservationRecord { health: t.to, reason: t.reason.clone(), at_unix_ms: unix_ms() };
+                            self.enqueue(&mut pending, t.check.clone(), rec);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "observation stream lagged; republishing current opinions");
-                        for id in self.local.running() {
+                        // Transitions were lost between the daemon and this task: count
+                        // them as dropped and publish every current opinion instead, so
+                        // etcd ends up with the latest state of each check.
+                        self.stats.events_lagged.fetch_add(n, Ordering::Relaxed);
+                        self.stats.observations_dropped.fetch_add(n, Ordering::Relaxed);
+                        warn!(missed = n, "observation stream lagged; transitions dropped, republishing current opinions");
+                        for id in self.local.running().into_keys() {
                             if let Some((health, reason)) = self.local.opinion(&id) {
-                                pending.push_back((id, ObservationRecord { health, reason, at_unix_ms: unix_ms() }));
+                                self.enqueue(&mut pending, id, ObservationRecord { health, reason, at_unix_ms: unix_ms() });
                             }
                         }
                     }
@@ -438,6 +533,23 @@ impl Node {
         }
     }
 
+    /// Queue an observation, dropping (and counting) the oldest one when the queue is
+    /// full.
+    fn enqueue(
+        &self,
+        pending: &mut VecDeque<(CheckId, ObservationRecord)>,
+        check: CheckId,
+        rec: ObservationRecord,
+    ) {
+        if pending.len() >= self.opts.max_pending.max(1) {
+            pending.pop_front();
+            self.stats
+                .observations_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        pending.push_back((check, rec));
+    }
+
     /// The leader loop: assignment and quorum health, fenced by `term`.
     async fn lead(self: Arc<Self>, term: i64, leader_key: Vec<u8>, mut sd: watch::Receiver<bool>) {
         let mut state = LeaderState {
@@ -446,6 +558,7 @@ impl Node {
             health: HashMap::new(),
             detector: SuspectDetector::new(suspect_config()),
             suspects: BTreeSet::new(),
+            started: tokio::time::Instant::now(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -454,10 +567,14 @@ impl Node {
                 _ = tick.tick() => {}
             }
             match self.lead_round(term, &leader_key, &mut state).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Round::Done) => {}
+                Ok(Round::FencedOut) => {
                     self.stats.fenced_out.fetch_add(1, Ordering::Relaxed);
                     warn!(node = %self.opts.id, term, "a fenced write was refused: no longer leader");
+                    return;
+                }
+                Ok(Round::PastDeadline) => {
+                    warn!(node = %self.opts.id, term, "lease past its lead deadline: no more leader writes");
                     return;
                 }
                 Err(e) => debug!(error = %e, "leader round failed; retrying"),
@@ -465,13 +582,14 @@ impl Node {
         }
     }
 
-    /// One leader round. `Ok(false)`: fenced out.
+    /// One leader round. Before every fenced write it checks the lead deadline on this
+    /// node's clock (fencing in etcd is the second line of defence).
     async fn lead_round(
         &self,
         term: i64,
         leader_key: &[u8],
         st: &mut LeaderState,
-    ) -> Result<bool, EtcdError> {
+    ) -> Result<Round, EtcdError> {
         let fence = || Compare::create_revision(leader_key.to_vec(), CompareOp::Equal, term);
         let nodes = self.etcd.get_prefix(self.keys.nodes()).await?;
         let mut live: Vec<NodeId> = nodes
@@ -538,12 +656,15 @@ impl Node {
                     ops.push(TxnOp::delete(self.keys.assign(n), None));
                 }
             }
+            if !self.may_lead() {
+                return Ok(Round::PastDeadline);
+            }
             let resp = self
                 .etcd
                 .txn("assignment", Txn::new().when(vec![fence()]).and_then(ops))
                 .await?;
             if !resp.succeeded() {
-                return Ok(false);
+                return Ok(Round::FencedOut);
             }
             let moved = st.assignment.as_ref().map_or(0, |p| next.moved_from(p));
             info!(
@@ -576,10 +697,15 @@ impl Node {
             }
         }
         let Some(assignment) = st.assignment.clone() else {
-            return Ok(true);
+            return Ok(Round::Done);
         };
         let now_ms = unix_ms();
-        let suspects = st.detector.evaluate(&views(&assignment, &opinions), now_ms);
+        // The hold-down runs on the monotonic clock (ms since this term began): a wall
+        // clock step must not clear or prolong a suspicion.
+        let mono_ms = u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let suspects = st
+            .detector
+            .evaluate(&views(&assignment, &opinions), mono_ms);
         if suspects != st.suspects {
             let mut ops = Vec::new();
             for n in suspects.difference(&st.suspects) {
@@ -597,12 +723,15 @@ impl Node {
             for n in st.suspects.difference(&suspects) {
                 ops.push(TxnOp::delete(self.keys.suspect(n), None));
             }
+            if !self.may_lead() {
+                return Ok(Round::PastDeadline);
+            }
             let resp = self
                 .etcd
                 .txn("suspects", Txn::new().when(vec![fence()]).and_then(ops))
                 .await?;
             if !resp.succeeded() {
-                return Ok(false);
+                return Ok(Round::FencedOut);
             }
             warn!(term, suspects = ?suspects, "suspect nodes changed");
             st.suspects = suspects;
@@ -637,12 +766,15 @@ impl Node {
             }
         }
         if !ops.is_empty() {
+            if !self.may_lead() {
+                return Ok(Round::PastDeadline);
+            }
             let resp = self
                 .etcd
                 .txn("health", Txn::new().when(vec![fence()]).and_then(ops))
                 .await?;
             if !resp.succeeded() {
-                return Ok(false);
+                return Ok(Round::FencedOut);
             }
             self.stats
                 .health_written
@@ -652,7 +784,7 @@ impl Node {
                 st.health.insert(c, h);
             }
         }
-        Ok(true)
+        Ok(Round::Done)
     }
 
     /// The cluster verdicts in etcd (as written by this or an earlier leader).
@@ -683,6 +815,16 @@ impl Node {
     }
 }
 
+/// How a leader round ended.
+enum Round {
+    /// Written what had to be written (or nothing had to be).
+    Done,
+    /// A fenced write was refused: another node leads now.
+    FencedOut,
+    /// The lease was not renewed in time on this node's clock: stop leading.
+    PastDeadline,
+}
+
 /// What an assignment is computed from: live nodes, and checks with their replicas.
 type AssignInputs = (Vec<NodeId>, Vec<(CheckId, u8)>);
 
@@ -698,6 +840,8 @@ struct LeaderState {
     detector: SuspectDetector,
     /// Suspects it wrote last.
     suspects: BTreeSet<NodeId>,
+    /// Start of the term on the monotonic clock: the suspect detector's time base.
+    started: tokio::time::Instant,
 }
 
 /// Environment variable overriding the suspect detector's hold-down (milliseconds;
@@ -718,15 +862,146 @@ fn suspect_config() -> SuspectConfig {
     config
 }
 
-/// A stored check's validated spec (same rules as the config file).
+/// The assignment a follower acts on: the newest record of its own key.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Store revision of the record applied (0: none yet).
+    revision: i64,
+    /// Its term (the leader's election key create revision).
+    term: i64,
+    /// The checks it assigns to this node.
+    wanted: BTreeSet<CheckId>,
+}
+
+impl Applied {
+    /// Take the record written at `revision` (`None`: the key was deleted) if it is
+    /// newer than the one applied, by revision and by term. Returns whether `wanted`
+    /// may have changed.
+    fn accept(&mut self, revision: i64, value: Option<&[u8]>) -> bool {
+        if revision <= self.revision {
+            debug!(
+                revision,
+                applied = self.revision,
+                "ignoring an assignment not newer than the applied one"
+            );
+            return false;
+        }
+        match value.map(serde_json::from_slice::<AssignmentRecord>) {
+            Some(Ok(r)) if r.term >= self.term => {
+                self.revision = revision;
+                self.term = r.term;
+                self.wanted = r.checks.into_iter().collect();
+                true
+            }
+            Some(Ok(r)) => {
+                debug!(
+                    term = r.term,
+                    newest = self.term,
+                    "ignoring an older term's assignment"
+                );
+                false
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, revision, "unreadable assignment record; ignored");
+                false
+            }
+            None => {
+                // Deleted: the leader dropped this node (it was not live); its next
+                // assignment comes with a newer revision.
+                self.revision = revision;
+                self.wanted.clear();
+                true
+            }
+        }
+    }
+}
+
+/// A stored check's validated spec (same rules as the config file), with the daemon's
+/// `[defaults]` applied.
 #[must_use]
-pub fn parse_stored(value: &[u8]) -> Option<CheckSpec> {
+pub fn parse_stored(value: &[u8], defaults: &Defaults) -> Option<CheckSpec> {
     let sc: StoredCheck = serde_json::from_slice(value).ok()?;
-    match config::parse_check_json(&sc.check, &Defaults::default()) {
+    match config::parse_check_json(&sc.check, defaults) {
         Ok(spec) => Some(spec),
         Err(e) => {
             warn!(error = %e, "invalid check definition in etcd; ignored");
             None
         }
     }
+}
+
+/// The node's counters in Prometheus text format, labelled with its id (appended to
+/// the daemon's `/metrics`).
+#[must_use]
+pub fn render_metrics(node: &str, s: &NodeStats) -> String {
+    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "sonde_cluster_leader",
+            "gauge",
+            "1 while this node acts as the cluster leader (it steps down on its own clock before its lease can expire)",
+            u64::from(s.leader.load(Ordering::Acquire)),
+        ),
+        (
+            "sonde_cluster_term",
+            "gauge",
+            "The term this node leads (election revision), 0 when not leading",
+            u64::try_from(s.term.load(Ordering::Relaxed)).unwrap_or(0),
+        ),
+        (
+            "sonde_cluster_terms_total",
+            "counter",
+            "Terms won",
+            s.terms.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_stepdowns_total",
+            "counter",
+            "Times this node stopped leading on its own clock (lease not renewed in time)",
+            s.stepdowns.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_fenced_out_total",
+            "counter",
+            "Leader writes refused by fencing (another node leads)",
+            s.fenced_out.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_assignments_written_total",
+            "counter",
+            "Assignment transactions written as leader",
+            s.assignments_written.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_health_written_total",
+            "counter",
+            "Cluster health verdicts written as leader",
+            s.health_written.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_observations_written_total",
+            "counter",
+            "Observations (this node's opinion changes) written to etcd",
+            s.observations_written.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_observations_dropped_total",
+            "counter",
+            "Observations dropped: pending queue full while etcd was away, or transitions missed when the event stream lagged",
+            s.observations_dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "sonde_cluster_events_lagged_total",
+            "counter",
+            "Transitions the cluster node missed because the daemon's event stream lagged (current opinions republished)",
+            s.events_lagged.load(Ordering::Relaxed),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}\n"
+        ));
+    }
+    out
 }

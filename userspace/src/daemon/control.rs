@@ -169,25 +169,45 @@ impl Control for Shared {
 }
 
 impl crate::cluster::node::Local for Shared {
-    fn running(&self) -> std::collections::BTreeSet<CheckId> {
-        self.checks.read().keys().cloned().collect()
+    fn running(&self) -> BTreeMap<CheckId, Arc<CheckSpec>> {
+        self.checks
+            .read()
+            .iter()
+            .map(|(id, e)| (id.clone(), Arc::clone(&e.spec)))
+            .collect()
     }
 
-    fn apply(&self, add: Vec<CheckSpec>, remove: Vec<CheckId>) {
+    fn apply(&self, add: Vec<CheckSpec>, change: Vec<CheckSpec>, remove: Vec<CheckId>) {
         for id in &remove {
             self.stop_check(id);
         }
-        for spec in add {
-            match Prepared::new(&spec, &self.tls) {
-                Ok(p) => self.start_check(Entry {
-                    spec: Arc::new(spec),
-                    prepared: Arc::new(p),
-                }),
-                Err(e) => {
-                    tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run")
-                }
+        let prepare = |spec: CheckSpec| match Prepared::new(&spec, &self.tls) {
+            Ok(p) => Some(Entry {
+                spec: Arc::new(spec),
+                prepared: Arc::new(p),
+            }),
+            Err(e) => {
+                tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
+                None
+            }
+        };
+        for spec in change {
+            let id = spec.id.clone();
+            match prepare(spec) {
+                Some(entry) => self.change_check(entry),
+                // The new definition cannot run: do not keep probing the old one.
+                None => self.stop_check(&id),
             }
         }
+        for spec in add {
+            if let Some(entry) = prepare(spec) {
+                self.start_check(entry);
+            }
+        }
+    }
+
+    fn defaults(&self) -> config::Defaults {
+        self.defaults.read().clone()
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {

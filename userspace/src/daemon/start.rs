@@ -253,6 +253,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         started: Instant::now(),
         clock,
         iface,
+        cluster: std::sync::OnceLock::new(),
     });
 
     let d = Arc::clone(&shared);
@@ -317,8 +318,9 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
             lease_ttl: c.lease_ttl,
             max_pending: 100_000,
         };
-        let local: Arc<dyn crate::cluster::node::Local> = shared;
-        let _stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
+        let local: Arc<dyn crate::cluster::node::Local> = Arc::clone(&shared) as _;
+        let stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
+        let _ = shared.cluster.set((c.node_id.clone(), stats));
         info!(node = %c.node_id, "cluster node started");
     }
     loop {
@@ -356,5 +358,9 @@ pub(super) fn render_metrics(s: &Shared) -> String {
         budget: *s.budgets.lock().stats(),
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
     };
-    crate::api::metrics::render(&input)
+    let mut text = crate::api::metrics::render(&input);
+    if let Some((node, stats)) = s.cluster.get() {
+        text.push_str(&crate::cluster::node::render_metrics(node, stats));
+    }
+    text
 }
