@@ -1005,3 +1005,64 @@ pub fn render_metrics(node: &str, s: &NodeStats) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(term: i64, checks: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&AssignmentRecord {
+            node: NodeId::new("n1"),
+            checks: checks.iter().map(|c| CheckId::new(c)).collect(),
+            leader: NodeId::new("n2"),
+            term,
+        })
+        .expect("json")
+    }
+
+    fn wanted(a: &Applied) -> Vec<&str> {
+        a.wanted.iter().map(CheckId::as_str).collect()
+    }
+
+    #[test]
+    fn a_follower_acts_on_the_newest_assignment_only() {
+        let mut a = Applied::default();
+        assert!(a.accept(10, Some(&rec(5, &["a", "b"]))));
+        assert_eq!(wanted(&a), ["a", "b"]);
+        // A replayed or older revision changes nothing.
+        assert!(!a.accept(10, Some(&rec(5, &["x"]))));
+        assert!(!a.accept(9, Some(&rec(7, &["x"]))));
+        // A newer revision of an older term (a deposed leader) is ignored too.
+        assert!(!a.accept(11, Some(&rec(4, &["x"]))));
+        assert_eq!(wanted(&a), ["a", "b"]);
+        // Unreadable records are ignored.
+        assert!(!a.accept(12, Some(b"{")));
+        // The newer term wins; a deletion clears; an older term cannot come back after it.
+        assert!(a.accept(13, Some(&rec(7, &["c"]))));
+        assert_eq!(wanted(&a), ["c"]);
+        assert!(a.accept(14, None));
+        assert!(wanted(&a).is_empty());
+        assert!(!a.accept(15, Some(&rec(5, &["a"]))));
+        assert!(a.accept(16, Some(&rec(7, &["d"]))));
+        assert_eq!(wanted(&a), ["d"]);
+    }
+
+    #[test]
+    fn metrics_name_the_node_and_its_role() {
+        let s = NodeStats::default();
+        s.leader.store(true, Ordering::Relaxed);
+        s.term.store(42, Ordering::Relaxed);
+        s.events_lagged.store(3, Ordering::Relaxed);
+        let text = render_metrics("n\"1", &s);
+        assert!(
+            text.contains("sonde_cluster_leader{node=\"n\\\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonde_cluster_term{node=\"n\\\"1\"} 42\n"),
+            "{text}"
+        );
+        assert!(text.contains("sonde_cluster_events_lagged_total{node=\"n\\\"1\"} 3\n"));
+        assert_eq!(text.matches("# TYPE").count(), 10);
+    }
+}
