@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     clock: (String, Option<String>),
     /// Interface of the kernel programs or the packet socket.
     iface: Option<String>,
+    /// The cluster as last read from etcd (cluster mode; `None` standalone).
+    cluster_view: RwLock<Option<crate::cluster::view::ClusterView>>,
 }
 
 impl Shared {
