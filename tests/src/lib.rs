@@ -3,6 +3,7 @@
 //! The lab harness itself (namespaces, veth pairs, process guards) lives in
 //! `sonde::lab`, because the `sonde demo` command uses it too.
 
+pub mod browser;
 pub mod checks;
 pub mod daemon;
 pub mod etcd;

@@ -12,7 +12,7 @@
 //!    assignment/health/suspect write after it is the new leader's (the old leader's
 //!    writes are fenced out); the old leader rejoins as a follower and runs its share.
 //! 8. The sonde leader cut off from etcd (nftables drop in its namespace, targets still
-//!    reachable): it reports itself not leader (`sonde_cluster_leader` 0 on its own
+//!    reachable): it reports itself not leader (`sonde_cluster_acting_leader` 0 on its own
 //!    /metrics, "stepping down" in its log) before its lease TTL has passed and before
 //!    etcd expires its registration; a new leader emerges elsewhere; once the link
 //!    returns it rejoins as a follower and runs its share (times reported).
@@ -20,6 +20,9 @@
 //!    etcd kept): no target is marked unhealthy, the node becomes suspect; when its route
 //!    returns the suspicion is lifted after the hold-down and its opinion counts again.
 //!    The hold-down is shortened to 3 s through `SONDE_SUSPECT_HOLD_DOWN_MS` (default 30 s).
+//!    Meanwhile another node's `GET /v1/cluster`, its `sonde_cluster_*` metrics and its
+//!    status page (in a real headless Chromium) show the nodes, the one leader, each
+//!    node's share and the suspect node.
 //!
 //! The tests run one at a time (a lock): each starts 6 processes plus probing, on
 //! machines with 2 cores, and measures times.
@@ -43,6 +46,8 @@ use sonde_tests::{
 const TTL_SECS: u64 = 3;
 /// The suspect hold-down the nodes of these tests use (default 30 s), milliseconds.
 const HOLD_DOWN_MS: u64 = 3_000;
+/// Loopback HTTP address of every node's API and status page (in its own namespace).
+const PAGE_ADDR: &str = "127.0.0.1:8089";
 /// Where the target namespace sits on the switch.
 const TARGET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 
@@ -137,6 +142,8 @@ impl Lab {
                 &port.host_dev,
                 "--lease-ttl",
                 &ttl,
+                "--http",
+                PAGE_ADDR,
             ],
         );
         Node {
@@ -229,9 +236,9 @@ impl Node {
             .and_then(|v| v.parse().ok())
     }
 
-    /// Whether it reports itself the cluster leader (`sonde_cluster_leader`).
+    /// Whether it reports itself the cluster leader (`sonde_cluster_acting_leader`).
     fn reports_leader(&self) -> Option<bool> {
-        self.metric("sonde_cluster_leader").map(|v| v > 0.5)
+        self.metric("sonde_cluster_acting_leader").map(|v| v > 0.5)
     }
 
     /// Checks this node runs now, with their local state.
@@ -1103,6 +1110,7 @@ fn node_cut_off_from_targets_is_suspect_and_counts_again() {
     for (k, v) in etcd.get_prefix("/sonde/health/").expect("health") {
         assert!(is_healthy(&v), "{k} stays healthy: {v}");
     }
+    cluster_views_show_the_suspect(&nodes, &cut.id);
 
     let t1 = Instant::now();
     cut.ns
@@ -1172,4 +1180,134 @@ fn node_cut_off_from_targets_is_suspect_and_counts_again() {
     assert_eq!(rec["counted"], 3, "{} counts again: {rec}", cut.id);
     assert_eq!(rec["ignored_suspect"], 0, "{rec}");
     drop(nodes);
+}
+
+/// While `suspect` is suspect: every node's `GET /v1/cluster` and metrics, and the
+/// status page of the first node in a real browser, show 3 nodes, one leader, shares
+/// summing to 1, and `suspect` marked.
+fn cluster_views_show_the_suspect(nodes: &[Node], suspect: &str) {
+    let (views, took) = wait_for(
+        "every node's cluster view shows the suspect",
+        Duration::from_secs(10),
+        || {
+            let views: Vec<Value> = nodes
+                .iter()
+                .filter_map(|n| n.daemon.client().get("/v1/cluster").ok())
+                .collect();
+            (views.len() == nodes.len()
+                && views.iter().all(|v| {
+                    v["mode"] == "cluster"
+                        && v["cluster"]["suspects"] == serde_json::json!([suspect])
+                        && v["cluster"]["nodes"].as_array().map(Vec::len) == Some(3)
+                }))
+            .then_some(views)
+        },
+    );
+    println!("cluster views show {suspect} suspect after {took:?}");
+    for v in &views {
+        let c = &v["cluster"];
+        let list = c["nodes"].as_array().expect("nodes");
+        let leaders: Vec<&Value> = list.iter().filter(|n| n["leader"] == true).collect();
+        assert_eq!(leaders.len(), 1, "one leader: {c}");
+        assert_eq!(leaders[0]["id"], c["leader"], "{c}");
+        let share: f64 = list.iter().filter_map(|n| n["share"].as_f64()).sum();
+        assert!((share - 1.0).abs() < 1e-6, "shares sum to 1: {c}");
+        for n in list {
+            assert_eq!(n["suspect"] == true, n["id"] == suspect, "{c}");
+        }
+    }
+    // Metrics: exactly one node says it is the leader; every node exports the suspect.
+    let mut leaders = 0;
+    for n in nodes {
+        let text = n.daemon.client().metrics().expect("metrics");
+        let sample = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        leaders += u32::from(sample("sonde_cluster_is_leader{").as_deref() == Some("1"));
+        assert_eq!(
+            sample("sonde_cluster_leader_known{").as_deref(),
+            Some("1"),
+            "{}",
+            n.id
+        );
+        assert_eq!(
+            sample(&format!("sonde_cluster_node_suspect{{node=\"{suspect}\"}}")).as_deref(),
+            Some("1"),
+            "{}",
+            n.id
+        );
+        assert_eq!(
+            sample("sonde_cluster_nodes{").as_deref(),
+            Some("3"),
+            "{}",
+            n.id
+        );
+    }
+    assert_eq!(leaders, 1, "sum(sonde_cluster_is_leader) == 1");
+
+    if !sonde_tests::browser::available() {
+        lab::skip_or_fail("chromium and chromium-driver are not installed (cargo xtask setup)");
+        return;
+    }
+    let viewer = nodes.iter().find(|n| n.id != suspect).expect("a viewer");
+    let profile = TempDir::new("chromium");
+    let b = sonde_tests::browser::Browser::start(&viewer.ns, &profile.0).expect("browser");
+    b.goto(&format!("http://{PAGE_ADDR}/"))
+        .expect("open the page");
+    let (rows, took) = b
+        .wait_for(
+            "if (document.getElementById('cluster').hidden) return null;
+             const rows = Array.from(document.querySelectorAll('#nodes tbody tr'));
+             return rows.length === 3 ? rows.map(r => [r.dataset.node, r.dataset.suspect,
+               r.children[1].textContent, r.children[3].textContent, r.children[4].textContent]) : null;",
+            Duration::from_secs(10),
+        )
+        .expect("cluster section with 3 nodes");
+    println!(
+        "status page of {} shows the cluster after {took:?}: {rows}",
+        viewer.id
+    );
+    let rows = rows.as_array().expect("rows");
+    let mut leaders = 0;
+    for r in rows {
+        let id = r[0].as_str().unwrap_or_default();
+        assert_eq!(r[1] == "1", id == suspect, "{r}");
+        let opinion = r[4].as_str().unwrap_or_default();
+        assert_eq!(
+            opinion.starts_with("suspect"),
+            id == suspect,
+            "shown in text: {r}"
+        );
+        leaders += u32::from(r[2] == "leader");
+        assert!(
+            r[3].as_str().unwrap_or_default().ends_with('%'),
+            "share shown: {r}"
+        );
+    }
+    assert_eq!(leaders, 1, "{rows:?}");
+    let summary = b
+        .eval(
+            "return document.getElementById('cluster-summary').textContent;",
+            &[],
+        )
+        .expect("summary");
+    assert!(
+        summary
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("suspect: {suspect}")),
+        "{summary}"
+    );
+    let errors: Vec<_> = b
+        .console()
+        .expect("console")
+        .into_iter()
+        .filter(|e| e.level == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.screenshot(&sonde_tests::browser::artefacts_dir().join("status-page-cluster.png"))
+        .expect("screenshot");
 }

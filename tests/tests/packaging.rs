@@ -324,6 +324,27 @@ fn representative_metrics() -> String {
         engine,
         budget,
         kernel: Some(kernel),
+        cluster: Some(sonde::cluster::view::ClusterView {
+            node_id: "n1".into(),
+            leader: Some("n1".into()),
+            term: Some(7),
+            nodes: ["n1", "n2", "n3"]
+                .iter()
+                .map(|id| sonde::cluster::view::NodeView {
+                    id: (*id).into(),
+                    version: "0.1.0".into(),
+                    assigned: 10,
+                    share: 1.0 / 3.0,
+                    leader: *id == "n1",
+                    suspect: *id == "n3",
+                    registered_unix_ms: 1,
+                })
+                .collect(),
+            suspects: vec!["n3".into()],
+            revision: 42,
+            refreshed_unix_ms: 1_700_000_000_000,
+            error: None,
+        }),
     })
 }
 
@@ -583,6 +604,8 @@ fn alert_rules_use_real_metric_names() {
         "sonde_probes_total",
         "sonde_xdp_frames_total",
         "sonde_tc_packets_total",
+        "sonde_cluster_is_leader",
+        "sonde_cluster_node_suspect",
     ] {
         assert!(metrics.contains_key(family), "{family} not rendered");
     }

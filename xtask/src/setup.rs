@@ -31,6 +31,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "shellcheck",
     "zsh",
     "fish",
+    // Status page test: a real headless browser driven through WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Runs every setup step in order, stopping at the first failure.

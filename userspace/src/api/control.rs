@@ -2,12 +2,13 @@
 //! a running sonde. The daemon implements [`Control`]; the API server (HTTP on
 //! loopback and a unix socket) only translates requests into these calls.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
+    cluster::view::ClusterView,
     engine::spec::{CheckId, CheckSpec},
     health::{CheckStatus, HistoryEntry, Transition},
 };
@@ -126,4 +127,32 @@ pub trait Control: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// About the daemon.
     fn info(&self) -> DaemonInfo;
+    /// The cluster as this node last read it; `None` in standalone mode.
+    fn cluster(&self) -> Option<ClusterView> {
+        None
+    }
+    /// The latest `n` round-trip times of every check, oldest first, in microseconds;
+    /// `None` for a probe that failed (no answer to time).
+    fn recent_rtts(&self, n: usize) -> BTreeMap<CheckId, Vec<Option<u64>>> {
+        self.status()
+            .into_iter()
+            .filter_map(|s| self.history(s.id.as_str()))
+            .map(|h| {
+                let skip = h.results.len().saturating_sub(n);
+                let rtts = h
+                    .results
+                    .iter()
+                    .skip(skip)
+                    .map(|r| {
+                        r.ok.then(|| {
+                            r.rtt
+                                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                        })
+                        .flatten()
+                    })
+                    .collect();
+                (h.id, rtts)
+            })
+            .collect()
+    }
 }

@@ -174,6 +174,7 @@ impl Control for MemoryControl {
             engine: Default::default(),
             budget: Default::default(),
             kernel: None,
+            cluster: None,
         })
     }
 

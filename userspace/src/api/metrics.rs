@@ -33,7 +33,10 @@
 //! Daemon-wide: `sonde_info{version,clock}`, `sonde_uptime_seconds`, `sonde_checks`,
 //! `sonde_engine_*_total`, `sonde_budget_admitted_total`,
 //! `sonde_budget_delayed_total{reason}`, `sonde_budget_skipped_total`,
-//! `sonde_kernel_attached`, and, when the kernel programs run,
+//! `sonde_kernel_attached`; in cluster mode (labels `node`): `sonde_cluster_is_leader`,
+//! `sonde_cluster_leader_known`, `sonde_cluster_nodes`,
+//! `sonde_cluster_node_assigned_checks{node}`, `sonde_cluster_node_suspect{node}` and
+//! `sonde_cluster_view_refreshed_seconds`; and, when the kernel programs run,
 //! `sonde_xdp_frames_total{reason}` (the exclusive reasons: their sum is every frame
 //! seen), `sonde_xdp_answers_without_stamp_total` (the auxiliary `no_stamp` counter)
 //! and `sonde_tc_packets_total{reason}`.
@@ -47,6 +50,7 @@ use probe_common::counters::{TcReason, XdpReason};
 
 use super::control::DaemonInfo;
 use crate::{
+    cluster::view::ClusterView,
     ebpf::Counters,
     engine::{budget::BudgetStats, spec::CheckId, uring::EngineCounters, Clock},
     health::{CheckStatus, Health, LatencySummary, Phase},
@@ -67,6 +71,8 @@ pub struct MetricsInput {
     pub budget: BudgetStats,
     /// Kernel program counters, when the kernel programs run.
     pub kernel: Option<Counters>,
+    /// The cluster as this node last read it (cluster mode only).
+    pub cluster: Option<ClusterView>,
 }
 
 /// Escape a label value: backslash, double quote and line feed.
@@ -434,7 +440,73 @@ pub fn render(input: &MetricsInput) -> String {
         }
     }
     kernel_families(&mut w, input.kernel.as_ref());
+    if let Some(c) = &input.cluster {
+        cluster_families(&mut w, c);
+    }
     w.out
+}
+
+fn cluster_families(w: &mut Writer, c: &ClusterView) {
+    let me = [("node", c.node_id.as_str())];
+    w.family(
+        "sonde_cluster_is_leader",
+        "gauge",
+        "1 when this node is the elected leader, 0 otherwise.",
+    );
+    w.sample("sonde_cluster_is_leader", &me, u8::from(c.is_leader()));
+    w.family(
+        "sonde_cluster_leader_known",
+        "gauge",
+        "1 when this node sees an elected leader in etcd, 0 when there is none.",
+    );
+    w.sample(
+        "sonde_cluster_leader_known",
+        &me,
+        u8::from(c.leader.is_some()),
+    );
+    w.family(
+        "sonde_cluster_nodes",
+        "gauge",
+        "Live nodes (registered under a lease) as this node last read them.",
+    );
+    w.sample("sonde_cluster_nodes", &me, c.nodes.len());
+    w.family(
+        "sonde_cluster_node_assigned_checks",
+        "gauge",
+        "Checks assigned to each live node by the current assignment.",
+    );
+    for n in &c.nodes {
+        w.sample(
+            "sonde_cluster_node_assigned_checks",
+            &[("node", n.id.as_str())],
+            n.assigned,
+        );
+    }
+    w.family(
+        "sonde_cluster_node_suspect",
+        "gauge",
+        "1 when the leader marked the node suspect (its opinions do not count).",
+    );
+    let mut nodes: BTreeSet<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+    nodes.extend(c.suspects.iter().map(String::as_str));
+    for n in nodes {
+        let suspect = c.suspects.iter().any(|s| s == n);
+        w.sample(
+            "sonde_cluster_node_suspect",
+            &[("node", n)],
+            u8::from(suspect),
+        );
+    }
+    w.family(
+        "sonde_cluster_view_refreshed_seconds",
+        "gauge",
+        "Unix time this node last read the cluster from etcd (0: never).",
+    );
+    w.sample(
+        "sonde_cluster_view_refreshed_seconds",
+        &me,
+        secs(c.refreshed_unix_ms.saturating_mul(1000)),
+    );
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@
 //! | `POST /v1/reload` | [`ReloadReport`] |
 //! | `GET /v1/watch` | stream of [`Event`]s ([`watch`]) |
 //! | `GET /metrics` | Prometheus text ([`metrics`]) |
+//! | `GET /v1/cluster` | `{"mode":"standalone"}` or `{"mode":"cluster","cluster": ClusterView}` |
+//! | `GET /v1/rtts[?n=N]` | `{check id: [rtt_us or null]}`, the latest N (1-32, default 30) |
+//! | `GET /`, `GET /ui/app.js`, `GET /ui/app.css` | the status page ([`ui`]) |
 //!
 //! `POST` and `DELETE` need `Authorization: Bearer <token>` ([`token`]).
 //!
@@ -38,6 +41,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod token;
+pub mod ui;
 pub mod watch;
 
 #[cfg(test)]

@@ -56,6 +56,12 @@ pub enum Route {
     Watch,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /v1/cluster`: the cluster view (`{"mode":"standalone"}` without etcd).
+    Cluster,
+    /// `GET /v1/rtts?n=N`: the latest N round-trip times of every check.
+    Rtts(usize),
+    /// `GET /` and `GET /ui/...`: the status page's embedded files.
+    Ui(&'static super::ui::Asset),
 }
 
 impl Route {
@@ -161,7 +167,13 @@ pub fn plan(method: &str, target: &str) -> Result<Route, Response> {
         (["v1", "reload"], "POST") => Route::Reload,
         (["v1", "watch"], "GET") => Route::Watch,
         (["metrics"], "GET") => Route::Metrics,
-        (["v1", "info" | "status" | "watch"] | ["metrics"], _) => {
+        (["v1", "cluster"], "GET") => Route::Cluster,
+        (["v1", "rtts"], "GET") => Route::Rtts(rtts_count(query)?),
+        ([""] | ["index.html"] | ["ui", ..], "GET") => match super::ui::asset(trimmed) {
+            Some(a) => Route::Ui(a),
+            None => return Err(not_found(path)),
+        },
+        (["v1", "info" | "status" | "watch" | "cluster" | "rtts"] | ["metrics"] | [""], _) => {
             return Err(method_not_allowed(m, path, "GET"))
         }
         (["v1", "checks"], _) => return Err(method_not_allowed(m, path, "GET, POST")),
@@ -172,16 +184,45 @@ pub fn plan(method: &str, target: &str) -> Result<Route, Response> {
             return Err(method_not_allowed(m, path, "GET"))
         }
         (["v1", "reload"], _) => return Err(method_not_allowed(m, path, "POST")),
-        _ => {
-            let shown: String = path.chars().take(200).collect();
-            return Err(Response::error(
-                404,
-                "not_found",
-                &format!("no route for {shown:?}"),
-            ));
-        }
+        _ => return Err(not_found(path)),
     };
     Ok(route)
+}
+
+fn not_found(path: &str) -> Response {
+    let shown: String = path.chars().take(200).collect();
+    Response::error(404, "not_found", &format!("no route for {shown:?}"))
+}
+
+/// Most RTTs per check `GET /v1/rtts` accepts (the health layer keeps 32 results per
+/// check by default, so fewer may come back).
+pub const MAX_RTTS: usize = 32;
+
+fn rtts_count(query: Option<&str>) -> Result<usize, Response> {
+    let mut n = 30;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("n", v)) => {
+                n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_RTTS).contains(n))
+                    .ok_or_else(|| {
+                        bad_request(&format!("n={v:?}: expected a count from 1 to {MAX_RTTS}"))
+                    })?;
+            }
+            _ => {
+                return Err(bad_request(&format!(
+                    "unknown query parameter {pair:?} (known: n)"
+                )))
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The response to a refused [`Control`] call.
@@ -259,6 +300,15 @@ pub fn execute(control: &dyn Control, route: &Route, body: &[u8]) -> Response {
             body: control.metrics().into_bytes(),
         },
         Route::Watch => Response::error(500, "internal", "watch is a stream"),
+        Route::Cluster => match control.cluster() {
+            Some(view) => Response::json(
+                200,
+                &serde_json::json!({ "mode": "cluster", "cluster": view }),
+            ),
+            None => Response::json(200, &serde_json::json!({ "mode": "standalone" })),
+        },
+        Route::Rtts(n) => Response::json(200, &control.recent_rtts(*n)),
+        Route::Ui(asset) => asset.response(),
     }
 }
 

@@ -15,3 +15,4 @@ pub mod keys;
 pub mod node;
 pub mod quorum;
 pub mod suspect;
+pub mod view;

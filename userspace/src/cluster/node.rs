@@ -937,9 +937,9 @@ pub fn render_metrics(node: &str, s: &NodeStats) -> String {
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
     let rows: [(&str, &str, &str, u64); 10] = [
         (
-            "sonde_cluster_leader",
+            "sonde_cluster_acting_leader",
             "gauge",
-            "1 while this node acts as the cluster leader (it steps down on its own clock before its lease can expire)",
+            "1 while this node acts as the cluster leader on its own clock (0 within 2/3 lease TTL of its last renewal, before etcd can expire its lease; sonde_cluster_is_leader is etcd's view, refreshed every 2 s)",
             u64::from(s.leader.load(Ordering::Acquire)),
         ),
         (
@@ -1055,7 +1055,7 @@ mod tests {
         s.events_lagged.store(3, Ordering::Relaxed);
         let text = render_metrics("n\"1", &s);
         assert!(
-            text.contains("sonde_cluster_leader{node=\"n\\\"1\"} 1\n"),
+            text.contains("sonde_cluster_acting_leader{node=\"n\\\"1\"} 1\n"),
             "{text}"
         );
         assert!(

@@ -166,6 +166,10 @@ impl Control for Shared {
             checks: self.checks.read().len(),
         }
     }
+
+    fn cluster(&self) -> Option<crate::cluster::view::ClusterView> {
+        self.cluster_view.read().clone()
+    }
 }
 
 impl crate::cluster::node::Local for Shared {

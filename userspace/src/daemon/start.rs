@@ -254,6 +254,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         clock,
         iface,
         cluster: std::sync::OnceLock::new(),
+        cluster_view: RwLock::new(
+            opts.cluster
+                .as_ref()
+                .map(|c| crate::cluster::view::ClusterView::new(&c.node_id)),
+        ),
     });
 
     let d = Arc::clone(&shared);
@@ -318,6 +323,13 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
             lease_ttl: c.lease_ttl,
             max_pending: 100_000,
         };
+        tokio::spawn(refresh_cluster_view(
+            Arc::clone(&shared),
+            etcd.clone(),
+            crate::cluster::keys::Keys::new(&c.prefix),
+            c.node_id.clone(),
+            stop_rx.clone(),
+        ));
         let local: Arc<dyn crate::cluster::node::Local> = Arc::clone(&shared) as _;
         let stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
         let _ = shared.cluster.set((c.node_id.clone(), stats));
@@ -344,6 +356,43 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
 }
 
 /// Prometheus text for the daemon's state.
+/// Keep [`Shared::cluster_view`] fresh until shutdown; on a failed read keep the last
+/// view and say why in it.
+async fn refresh_cluster_view(
+    shared: Arc<Shared>,
+    etcd: crate::cluster::etcd::Etcd,
+    keys: crate::cluster::keys::Keys,
+    me: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::cluster::view;
+    loop {
+        let read = tokio::time::timeout(view::REFRESH * 2, view::read(&etcd, &keys, &me)).await;
+        {
+            let mut slot = shared.cluster_view.write();
+            let old = slot.get_or_insert_with(|| view::ClusterView::new(&me));
+            match read {
+                Ok(Ok(mut v)) => {
+                    v.refreshed_unix_ms =
+                        crate::health::state::unix_ms(std::time::SystemTime::now());
+                    *old = v;
+                }
+                Ok(Err(e)) => old.error = Some(e.to_string()),
+                Err(_) => {
+                    old.error = Some(format!(
+                        "etcd did not answer within {:?}",
+                        view::REFRESH * 2
+                    ))
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            () = tokio::time::sleep(view::REFRESH) => {}
+        }
+    }
+}
+
 pub(super) fn render_metrics(s: &Shared) -> String {
     let input = MetricsInput {
         info: s.info(),
@@ -357,6 +406,7 @@ pub(super) fn render_metrics(s: &Shared) -> String {
         engine: s.engine.stats(),
         budget: *s.budgets.lock().stats(),
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
+        cluster: s.cluster_view.read().clone(),
     };
     let mut text = crate::api::metrics::render(&input);
     if let Some((node, stats)) = s.cluster.get() {

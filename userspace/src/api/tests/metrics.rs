@@ -98,6 +98,7 @@ fn input() -> MetricsInput {
             skipped: 6,
         },
         kernel: Some(kernel),
+        cluster: None,
     }
 }
 

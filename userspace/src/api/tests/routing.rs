@@ -28,6 +28,30 @@ fn plans_paths_and_methods() {
     assert_eq!(plan("POST", "/v1/checks"), Ok(Route::AddCheck));
     assert_eq!(plan("POST", "/v1/reload"), Ok(Route::Reload));
     assert_eq!(plan("GET", "/metrics"), Ok(Route::Metrics));
+    assert_eq!(plan("GET", "/v1/cluster"), Ok(Route::Cluster));
+    assert_eq!(plan("GET", "/v1/rtts"), Ok(Route::Rtts(30)));
+    assert_eq!(plan("GET", "/v1/rtts?n=5"), Ok(Route::Rtts(5)));
+    for bad in [
+        "/v1/rtts?n=0",
+        "/v1/rtts?n=33",
+        "/v1/rtts?n=x",
+        "/v1/rtts?m=1",
+    ] {
+        assert_eq!(plan("GET", bad).unwrap_err().status, 400, "{bad}");
+    }
+    for (path, served) in [
+        ("/", "/"),
+        ("/index.html", "/"),
+        ("/ui/app.js", "/ui/app.js"),
+    ] {
+        match plan("GET", path) {
+            Ok(Route::Ui(a)) => assert_eq!(a.path, served),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    assert_eq!(plan("GET", "/ui/../v1/info").unwrap_err().status, 404);
+    assert_eq!(plan("POST", "/").unwrap_err().status, 405);
+    assert_eq!(plan("POST", "/v1/cluster").unwrap_err().status, 405);
     assert_eq!(
         plan("GET", "/v1/status?unhealthy=1&label=pool%3Da&label=x=y%3Dz"),
         Ok(Route::Status(StatusFilter {
