@@ -577,7 +577,7 @@ impl Node {
                     warn!(node = %self.opts.id, term, "lease past its lead deadline: no more leader writes");
                     return;
                 }
-                Err(e) => debug!(error = %e, "leader round failed; retrying"),
+                Err(e) => warn!(error = %e, term, "leader round failed; retrying"),
             }
         }
     }
@@ -765,14 +765,15 @@ impl Node {
                 decided.push((check.clone(), health));
             }
         }
-        if !ops.is_empty() {
+        // etcd refuses transactions of more than 128 operations (--max-txn-ops): write
+        // the verdicts in fenced chunks; each chunk is remembered once written, so a
+        // failed one is retried next round without rewriting the others.
+        for (ops, decided) in ops.chunks(MAX_TXN_OPS).zip(decided.chunks(MAX_TXN_OPS)) {
             if !self.may_lead() {
                 return Ok(Round::PastDeadline);
             }
-            let resp = self
-                .etcd
-                .txn("health", Txn::new().when(vec![fence()]).and_then(ops))
-                .await?;
+            let txn = Txn::new().when(vec![fence()]).and_then(ops.to_vec());
+            let resp = self.etcd.txn("health", txn).await?;
             if !resp.succeeded() {
                 return Ok(Round::FencedOut);
             }
@@ -781,7 +782,7 @@ impl Node {
                 .fetch_add(decided.len() as u64, Ordering::Relaxed);
             for (c, h) in decided {
                 info!(check = %c, health = ?h, term, "cluster health");
-                st.health.insert(c, h);
+                st.health.insert(c.clone(), *h);
             }
         }
         Ok(Round::Done)
@@ -814,6 +815,9 @@ impl Node {
         Ok(Assignment::from_replicas(sets))
     }
 }
+
+/// Operations per transaction at most: below etcd's default `--max-txn-ops` (128).
+const MAX_TXN_OPS: usize = 100;
 
 /// How a leader round ended.
 enum Round {
