@@ -20,7 +20,8 @@ mkdir -p "$OUT"
 if [ "$(id -u)" != 0 ]; then echo "etcd.sh needs root (namespaces, XDP)" >&2; exit 2; fi
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server etcd-client" >&2; exit 2; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    (cd "$ROOT" && cargo build --release -p sonde -p sonde-bench --bin sonde --bin sonde-etcd-bench)
+    (cd "$ROOT" && cargo xtask build-ebpf && \
+        cargo build --release -p sonde -p sonde-bench --bin sonde --bin sonde-etcd-bench)
 fi
 BIN=$ROOT/target/release
 "$BIN/sonde-etcd-bench" --sonde "$BIN/sonde" \

@@ -131,6 +131,8 @@ struct Snapshot {
     verdicts: f64,
     assignments: f64,
     dropped: f64,
+    stepdowns: f64,
+    terms: f64,
 }
 
 /// Sum of every sample of metric `name` in Prometheus text.
@@ -185,6 +187,8 @@ fn snapshot(etcd_ns: &Netns, eps: &[String], nodes: &[Node]) -> Result<Snapshot>
         s.verdicts += metric_sum(&text, "sonde_cluster_health_written_total");
         s.assignments += metric_sum(&text, "sonde_cluster_assignments_written_total");
         s.dropped += metric_sum(&text, "sonde_cluster_observations_dropped_total");
+        s.stepdowns += metric_sum(&text, "sonde_cluster_stepdowns_total");
+        s.terms += metric_sum(&text, "sonde_cluster_terms_total");
     }
     Ok(s)
 }
@@ -281,7 +285,7 @@ fn start_node(args: &Args, sw: &Switch, i: u8, eps: &str, dir: &Path) -> Result<
     })
 }
 
-fn run(args: &Args) -> Result<Vec<Row>> {
+fn run(args: &Args) -> Result<(Vec<Row>, Snapshot)> {
     if !args.sonde.is_file() {
         bail!("{}: no such binary", args.sonde.display());
     }
@@ -436,7 +440,7 @@ fn run(args: &Args) -> Result<Vec<Row>> {
     rows.push(row("flapping", &a, &b));
     // The namespace guards stop the daemons, etcd and the servers as they drop.
     drop(nodes);
-    Ok(rows)
+    Ok((rows, b))
 }
 
 fn main() -> Result<()> {
@@ -449,7 +453,7 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let rows = run(&args)?;
+    let (rows, last) = run(&args)?;
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -525,7 +529,11 @@ fn main() -> Result<()> {
         args.flap_period
     );
     let dropped: f64 = rows.iter().map(|r| r.dropped).sum();
-    println!("observations dropped by the nodes: {dropped}");
+    println!(
+        "events the nodes' observers missed (counted as dropped observations; the current \
+         opinions were republished): {dropped}; terms won: {}, leader step-downs (own clock): {}",
+        last.terms, last.stepdowns
+    );
     if let Some(p) = &args.tsv {
         use std::io::Write as _;
         let mut f = std::fs::OpenOptions::new()

@@ -480,74 +480,141 @@ impl Node {
 
     /// Publish this node's opinion of a check whenever it changes; queue while etcd is
     /// unreachable and flush in order.
+    ///
+    /// The daemon's event stream is drained before every write so it does not lag
+    /// while etcd is slow; opinions are written in transactions of up to
+    /// [`MAX_TXN_OPS`] puts (in queue order, a batch ends before a key repeats, so every
+    /// transition of a check lands as its own revision).
     async fn observe(self: Arc<Self>, mut sd: watch::Receiver<bool>) {
         let mut events = self.local.subscribe();
-        let mut pending: VecDeque<(CheckId, ObservationRecord)> = VecDeque::new();
+        let mut q = Outbox::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut etcd_ok = true;
         loop {
-            tokio::select! {
-                () = stopped(&mut sd) => return,
-                e = events.recv() => match e {
-                    Ok(ev) => {
-                        if let Event::Transition(t) = &*ev {
-                            let rec = ObservationRecord { health: t.to, reason: t.reason.clone(), at_unix_ms: unix_ms() };
-                            self.enqueue(&mut pending, t.check.clone(), rec);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Transitions were lost between the daemon and this task: count
-                        // them as dropped and publish every current opinion instead, so
-                        // etcd ends up with the latest state of each check.
-                        self.stats.events_lagged.fetch_add(n, Ordering::Relaxed);
-                        self.stats.observations_dropped.fetch_add(n, Ordering::Relaxed);
-                        warn!(missed = n, "observation stream lagged; transitions dropped, republishing current opinions");
-                        for id in self.local.running().into_keys() {
-                            if let Some((health, reason)) = self.local.opinion(&id) {
-                                self.enqueue(&mut pending, id, ObservationRecord { health, reason, at_unix_ms: unix_ms() });
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = tick.tick() => {}
+            if *sd.borrow() {
+                return;
             }
-            while let Some((check, rec)) = pending.front() {
-                let key = self.keys.observation(check, &self.opts.id);
-                match self
-                    .etcd
-                    .put(key, serde_json::to_vec(rec).unwrap_or_default(), None)
-                    .await
-                {
-                    Ok(_) => {
-                        self.stats
-                            .observations_written
-                            .fetch_add(1, Ordering::Relaxed);
-                        pending.pop_front();
+            // Wait only when there is nothing to write, or etcd just failed.
+            if q.pending.is_empty() || !etcd_ok {
+                tokio::select! {
+                    () = stopped(&mut sd) => return,
+                    e = events.recv() => if !self.on_event(e, &mut q) { return },
+                    _ = tick.tick() => {}
+                }
+            }
+            loop {
+                match events.try_recv() {
+                    Ok(ev) => {
+                        self.on_event(Ok(ev), &mut q);
                     }
-                    Err(e) => {
-                        debug!(error = %e, queued = pending.len(), "etcd unreachable; observations kept in order");
-                        break;
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        self.on_event(Err(broadcast::error::RecvError::Lagged(n)), &mut q);
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                }
+            }
+            if !q.pending.is_empty() {
+                etcd_ok = self.flush_batch(&mut q.pending).await;
+            }
+        }
+    }
+
+    /// Take one event of the daemon into the outbox; false when the stream closed.
+    fn on_event(&self, e: Result<Arc<Event>, broadcast::error::RecvError>, q: &mut Outbox) -> bool {
+        match e {
+            Ok(ev) => match &*ev {
+                Event::Transition(t) => {
+                    let rec = ObservationRecord {
+                        health: t.to,
+                        reason: t.reason.clone(),
+                        at_unix_ms: unix_ms(),
+                    };
+                    self.enqueue(q, t.check.clone(), rec);
+                }
+                Event::CheckRemoved { id } => {
+                    q.latest.remove(id);
+                }
+                _ => {}
+            },
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Transitions were lost between the daemon and this task: count them as
+                // dropped, and publish the current opinion of every check whose latest
+                // queued or written one differs, so etcd ends up with the latest state.
+                self.stats.events_lagged.fetch_add(n, Ordering::Relaxed);
+                self.stats
+                    .observations_dropped
+                    .fetch_add(n, Ordering::Relaxed);
+                let mut republished = 0usize;
+                for id in self.local.running().into_keys() {
+                    if let Some((health, reason)) = self.local.opinion(&id) {
+                        if q.latest.get(&id) != Some(&health) {
+                            let rec = ObservationRecord {
+                                health,
+                                reason,
+                                at_unix_ms: unix_ms(),
+                            };
+                            self.enqueue(q, id, rec);
+                            republished += 1;
+                        }
                     }
                 }
+                warn!(
+                    missed = n,
+                    republished,
+                    "observation stream lagged; transitions dropped, current opinions republished"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    /// Write the oldest queued opinions in one transaction (at most [`MAX_TXN_OPS`],
+    /// ending before a key repeats). Returns false when etcd could not be written.
+    async fn flush_batch(&self, pending: &mut VecDeque<(CheckId, ObservationRecord)>) -> bool {
+        let mut keys: BTreeSet<&CheckId> = BTreeSet::new();
+        let mut ops = Vec::new();
+        for (check, rec) in pending.iter().take(MAX_TXN_OPS) {
+            if !keys.insert(check) {
+                break;
+            }
+            let key = self.keys.observation(check, &self.opts.id);
+            let value = serde_json::to_vec(rec).unwrap_or_default();
+            ops.push(TxnOp::put(key, value, None));
+        }
+        let n = ops.len();
+        match self
+            .etcd
+            .txn("observations", Txn::new().and_then(ops))
+            .await
+        {
+            Ok(_) => {
+                pending.drain(..n);
+                self.stats
+                    .observations_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                debug!(error = %e, queued = pending.len(), "etcd unreachable; observations kept in order");
+                false
             }
         }
     }
 
     /// Queue an observation, dropping (and counting) the oldest one when the queue is
     /// full.
-    fn enqueue(
-        &self,
-        pending: &mut VecDeque<(CheckId, ObservationRecord)>,
-        check: CheckId,
-        rec: ObservationRecord,
-    ) {
-        if pending.len() >= self.opts.max_pending.max(1) {
-            pending.pop_front();
+    fn enqueue(&self, q: &mut Outbox, check: CheckId, rec: ObservationRecord) {
+        if q.pending.len() >= self.opts.max_pending.max(1) {
+            q.pending.pop_front();
             self.stats
                 .observations_dropped
                 .fetch_add(1, Ordering::Relaxed);
         }
-        pending.push_back((check, rec));
+        q.latest.insert(check.clone(), rec.health);
+        q.pending.push_back((check, rec));
     }
 
     /// The leader loop: assignment and quorum health, fenced by `term`.
@@ -559,6 +626,8 @@ impl Node {
             detector: SuspectDetector::new(suspect_config()),
             suspects: BTreeSet::new(),
             started: tokio::time::Instant::now(),
+            defs: (None, Arc::default()),
+            opinions: (None, Arc::default()),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -602,16 +671,23 @@ impl Node {
             })
             .collect();
         live.sort();
-        let checks = self.etcd.get_prefix(self.keys.checks()).await?;
-        let mut defs: BTreeMap<CheckId, StoredCheck> = BTreeMap::new();
-        for kv in &checks.kvs {
-            if let (Ok(sc), Some(id)) = (
-                serde_json::from_slice::<StoredCheck>(&kv.value),
-                self.keys.tail(&self.keys.checks(), &utf8(&kv.key)),
-            ) {
-                defs.insert(CheckId::new(id), sc);
+        // The definitions and opinions are re-read only when their prefix changed (with
+        // 10,000 checks each is megabytes, and a round runs 4 times a second).
+        let stamp = self.etcd.prefix_stamp(self.keys.checks()).await?;
+        if st.defs.0 != Some(stamp) {
+            let checks = self.etcd.get_prefix(self.keys.checks()).await?;
+            let mut defs: BTreeMap<CheckId, StoredCheck> = BTreeMap::new();
+            for kv in &checks.kvs {
+                if let (Ok(sc), Some(id)) = (
+                    serde_json::from_slice::<StoredCheck>(&kv.value),
+                    self.keys.tail(&self.keys.checks(), &utf8(&kv.key)),
+                ) {
+                    defs.insert(CheckId::new(id), sc);
+                }
             }
+            st.defs = (Some(stamp), Arc::new(defs));
         }
+        let defs = Arc::clone(&st.defs.1);
         // Assignment, when membership or the check set changed.
         let inputs: Vec<(CheckId, u8)> = defs
             .iter()
@@ -681,24 +757,16 @@ impl Node {
             st.assigned_for = Some((live.clone(), inputs));
         }
         // Quorum health from the replicas' opinions.
-        let obs = self.etcd.get_prefix(self.keys.observations()).await?;
-        let mut opinions: BTreeMap<CheckId, Vec<Opinion>> = BTreeMap::new();
-        for kv in &obs.kvs {
-            let key = utf8(&kv.key);
-            if let (Some((c, n)), Ok(rec)) = (
-                self.keys.observation_parts(&key),
-                serde_json::from_slice::<ObservationRecord>(&kv.value),
-            ) {
-                opinions.entry(CheckId::new(c)).or_default().push(Opinion {
-                    node: NodeId::new(n),
-                    health: rec.health,
-                    revision: kv.mod_revision,
-                });
-            }
+        let stamp = self.etcd.prefix_stamp(self.keys.observations()).await?;
+        if st.opinions.0 != Some(stamp) {
+            let obs = self.etcd.get_prefix(self.keys.observations()).await?;
+            st.opinions = (Some(stamp), Arc::new(opinions_of(&self.keys, &obs.kvs)));
         }
+        let opinions = Arc::clone(&st.opinions.1);
         let Some(assignment) = st.assignment.clone() else {
             return Ok(Round::Done);
         };
+
         let now_ms = unix_ms();
         // The hold-down runs on the monotonic clock (ms since this term began): a wall
         // clock step must not clear or prolong a suspicion.
@@ -816,6 +884,16 @@ impl Node {
     }
 }
 
+/// Opinions waiting to be written, and the latest one queued or written per check.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// In order; written from the front.
+    pending: VecDeque<(CheckId, ObservationRecord)>,
+    /// The latest opinion queued or written of each running check (to republish only
+    /// what differs after the event stream lagged).
+    latest: HashMap<CheckId, Health>,
+}
+
 /// Operations per transaction at most: below etcd's default `--max-txn-ops` (128).
 const MAX_TXN_OPS: usize = 100;
 
@@ -846,6 +924,38 @@ struct LeaderState {
     suspects: BTreeSet<NodeId>,
     /// Start of the term on the monotonic clock: the suspect detector's time base.
     started: tokio::time::Instant,
+    /// The check definitions and the stamp of `P/checks/` they were read at.
+    defs: (Option<Stamp>, Arc<Defs>),
+    /// The replicas' opinions and the stamp of `P/obs/` they were read at.
+    opinions: (Option<Stamp>, Arc<Opinions>),
+}
+
+/// Opinions per check.
+type Opinions = BTreeMap<CheckId, Vec<Opinion>>;
+
+/// Check definitions by id.
+type Defs = BTreeMap<CheckId, StoredCheck>;
+
+/// A prefix's (key count, highest mod revision), see [`Etcd::prefix_stamp`].
+type Stamp = (i64, i64);
+
+/// The opinions stored under `P/obs/`.
+fn opinions_of(keys: &Keys, kvs: &[super::etcd::KeyValue]) -> Opinions {
+    let mut opinions = Opinions::new();
+    for kv in kvs {
+        let key = utf8(&kv.key);
+        if let (Some((c, n)), Ok(rec)) = (
+            keys.observation_parts(&key),
+            serde_json::from_slice::<ObservationRecord>(&kv.value),
+        ) {
+            opinions.entry(CheckId::new(c)).or_default().push(Opinion {
+                node: NodeId::new(n),
+                health: rec.health,
+                revision: kv.mod_revision,
+            });
+        }
+    }
+    opinions
 }
 
 /// Environment variable overriding the suspect detector's hold-down (milliseconds;

@@ -227,7 +227,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         sockets,
     );
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-    let (events, _) = broadcast::channel(1024);
+    // Room for a burst of one event per check (a node taking over thousands of checks at
+    // once): the cluster node and API watchers that fall behind lose events (counted).
+    let (events, _) = broadcast::channel(16_384);
     let shared = Arc::new(Shared {
         config_path: if opts.cluster.is_some() {
             None
