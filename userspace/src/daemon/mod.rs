@@ -9,6 +9,7 @@
 mod checks;
 mod control;
 pub mod persist;
+pub mod privs;
 mod runner;
 mod start;
 
