@@ -91,6 +91,10 @@ impl Control for Shared {
     fn add_check(&self, check: &serde_json::Value) -> Result<CheckId, ControlError> {
         let spec = config::parse_check_json(check, &self.defaults.read())
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        self.policy
+            .read()
+            .check(spec.target.addr)
+            .map_err(|e| ControlError::Invalid(format!("check {:?}: {e}", spec.id.as_str())))?;
         if self.checks.read().contains_key(&spec.id) {
             return Err(ControlError::Duplicate(spec.id.to_string()));
         }
@@ -138,6 +142,7 @@ impl Control for Shared {
             }
         }
         *self.defaults.write() = cfg.defaults;
+        *self.policy.write() = cfg.daemon.policy.clone();
         info!(
             added = report.added.len(),
             changed = report.changed.len(),
@@ -182,13 +187,21 @@ impl crate::cluster::node::Local for Shared {
             self.stop_check(id);
         }
         for spec in add {
+            if let Err(e) = self.policy.read().check(spec.target.addr) {
+                tracing::warn!(check = %spec.id, error = %e, "assigned check refused by this node's target policy; not run");
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             match Prepared::new(&spec, &self.tls) {
                 Ok(p) => self.start_check(Entry {
                     spec: Arc::new(spec),
                     prepared: Arc::new(p),
                 }),
                 Err(e) => {
-                    tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run")
+                    tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }

@@ -242,6 +242,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             opts.config.clone()
         },
         defaults: RwLock::new(cfg.defaults),
+        policy: RwLock::new(cfg.daemon.policy.clone()),
         checks: RwLock::new(entries),
         health: Mutex::new(health),
         sched: Mutex::new(sched),
@@ -255,6 +256,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         tls,
         wake_tx,
         wake_rx,
+        refused: 0.into(),
         stopping: false.into(),
         engine_closed: false.into(),
         started: Instant::now(),
@@ -453,6 +455,7 @@ pub(super) fn render_metrics(s: &Shared) -> String {
         budget: *s.budgets.lock().stats(),
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
         cluster: s.cluster_view.read().clone(),
+        refused_checks: s.refused.load(Ordering::Relaxed),
     };
     crate::api::metrics::render(&input)
 }
