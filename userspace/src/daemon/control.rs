@@ -27,7 +27,7 @@ impl Shared {
     fn start_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        let _ = self.health.lock().add((*entry.spec).clone(), now);
+        let _ = self.health.lock().add(Arc::clone(&entry.spec), now);
         self.sched
             .lock()
             .add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
@@ -39,6 +39,7 @@ impl Shared {
     /// Stop running `id`.
     fn stop_check(&self, id: &CheckId) {
         self.sched.lock().remove(id);
+        self.outcomes.lock().remove(id);
         self.checks.write().remove(id);
         self.health.lock().remove(id);
         let _ = self
@@ -51,7 +52,7 @@ impl Shared {
     fn change_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        self.health.lock().replace((*entry.spec).clone(), now);
+        self.health.lock().replace(Arc::clone(&entry.spec), now);
         {
             let mut s = self.sched.lock();
             s.remove(&id);
@@ -83,7 +84,7 @@ impl Control for Shared {
         let c = h.get(&CheckId::new(id))?;
         Some(CheckHistory {
             id: CheckId::new(id),
-            results: c.history().iter().cloned().collect(),
+            results: c.history(),
             transitions: c.transitions().iter().cloned().collect(),
         })
     }

@@ -131,6 +131,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             .checks
             .iter()
             .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
+    // The prepared entries hold the specs from here on: free the parsed copies.
+    let cfg = config::Config {
+        checks: Vec::new(),
+        ..cfg
+    };
     let probe_cfg = new_config(ports);
     let mut kernel: Option<KernelProbes> = None;
     let mut stateless: Option<StatelessParts> = None;
@@ -204,7 +209,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let mono =
         || u64::try_from(crate::engine::uring::sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
     for e in entries.values() {
-        let _ = health.add((*e.spec).clone(), now);
+        let _ = health.add(Arc::clone(&e.spec), now);
         sched.add(e.spec.id.clone(), e.spec.interval, e.spec.jitter, mono());
     }
     let restored = persist::fold(replayed.into_iter().map(|e| e.record), 16, now);
@@ -449,7 +454,7 @@ pub(super) fn render_metrics(s: &Shared) -> String {
             .outcomes
             .lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
             .collect(),
         engine: s.engine.stats(),
         budget: *s.budgets.lock().stats(),
