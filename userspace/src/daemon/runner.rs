@@ -50,15 +50,29 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
         due.clear();
         shared.sched.lock().due(now, &mut due);
         retry.clear();
+        // Waiting probes whose time has come, and the earliest of the others (one pass:
+        // this loop runs often, and a million checks may be waiting).
+        let mut next_retry = u64::MAX;
         {
             let out = shared.outstanding.lock();
-            retry.extend(out.iter().filter_map(|(id, o)| match o {
-                Outstanding::Waiting(until) if *until <= now => Some(id.clone()),
-                _ => None,
-            }));
+            for (id, o) in out.iter() {
+                if let Outstanding::Waiting(until) = o {
+                    if *until <= now {
+                        retry.push(id.clone());
+                    } else {
+                        next_retry = next_retry.min(*until);
+                    }
+                }
+            }
         }
-        for id in retry.iter().chain(due.iter()) {
-            let retrying = retry.contains(id);
+        let work = retry
+            .iter()
+            .map(|id| (id, true))
+            .chain(due.iter().map(|id| (id, false)));
+        for (n, (id, retrying)) in work.enumerate() {
+            if n % 1024 == 1023 && shared.stopping.load(Ordering::Acquire) {
+                break;
+            }
             let entry = match shared.checks.read().get(id) {
                 Some(e) => e.clone(),
                 None => continue,
@@ -97,20 +111,11 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
                 Admission::Delay { until_ns, reason } => {
                     debug!(check = %id, ?reason, "probe delayed by budget");
                     out.insert(id.clone(), Outstanding::Waiting(until_ns));
+                    next_retry = next_retry.min(until_ns);
                 }
             }
         }
         let next_sched = shared.sched.lock().next_deadline().unwrap_or(u64::MAX);
-        let next_retry = shared
-            .outstanding
-            .lock()
-            .values()
-            .filter_map(|o| match o {
-                Outstanding::Waiting(u) => Some(*u),
-                Outstanding::Running(..) => None,
-            })
-            .min()
-            .unwrap_or(u64::MAX);
         let wait = next_sched
             .min(next_retry)
             .saturating_sub(now_ns())
