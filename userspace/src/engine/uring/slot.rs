@@ -425,7 +425,7 @@ impl Slot {
             let phase = match tag {
                 TAG_CONNECT => "connect",
                 TAG_SEND => "send",
-                _ => "recv",
+                _ => self.recv_phase(),
             };
             self.decide(errno_reason(-res, phase));
             return;
@@ -473,6 +473,19 @@ impl Slot {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Where the exchange stood when a receive failed (the peer reset the
+    /// connection): for HTTP(S) the same phases a clean close reports (`tls` during
+    /// the handshake, `headers` before the final response head was complete, `body`
+    /// after it), so a reset and a FIN at the same point read alike; `recv` otherwise.
+    fn recv_phase(&self) -> &'static str {
+        match &self.kind {
+            Kind::Http(h) if h.tls.as_ref().is_some_and(|c| c.is_handshaking()) => "tls",
+            Kind::Http(h) if h.parser.partial().is_some() => "body",
+            Kind::Http(_) => "headers",
+            _ => "recv",
         }
     }
 
@@ -546,9 +559,9 @@ impl Slot {
         if let Some(conn) = h.tls.as_mut() {
             if n == 0 {
                 if conn.is_handshaking() {
-                    verdict = Some(Reason::Tls {
-                        detail: "connection closed during the TLS handshake".into(),
-                    });
+                    // The peer went away, it did not refuse TLS: the same reason as a
+                    // reset at this point (see `recv_phase`).
+                    verdict = Some(Reason::ConnectionClosed { phase: "tls" });
                 }
             } else if let Err(e) = tls::feed(conn, data, &mut h.plain) {
                 verdict = Some(Reason::Tls {
