@@ -418,6 +418,18 @@ impl Slot {
 
     /// React to one completion; push follow-up operations into `ops`.
     pub(super) fn complete(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
+        self.complete_op(tag, res, ops);
+        // An operation that finds its data already queued completes at submission and
+        // never waits on its linked timeout, so a peer streaming faster than we read
+        // (an endless body) would hold the probe past its deadline: check it before
+        // asking for more.
+        if self.verdict.is_none() && !ops.is_empty() && self.elapsed() >= self.job.spec.timeout {
+            ops.clear();
+            self.decide(Reason::Timeout);
+        }
+    }
+
+    fn complete_op(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
         if tag == TAG_TIMEOUT || self.verdict.is_some() {
             return;
         }
