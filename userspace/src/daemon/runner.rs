@@ -48,7 +48,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::Acquire) {
         let now = now_ns();
         due.clear();
-        shared.sched.lock().due(now, &mut due);
+        let missed = {
+            let mut sched = shared.sched.lock();
+            sched.due(now, &mut due);
+            sched.take_missed()
+        };
+        if missed > 0 {
+            // Slots the scheduler passed over because this loop ran an interval or more
+            // late: skipped, like a slot that comes due while its probe is still out.
+            shared.budgets.lock().record_skipped(missed);
+        }
         retry.clear();
         {
             let out = shared.outstanding.lock();
