@@ -66,8 +66,11 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
                 _ => None,
             }));
         }
-        for id in retry.iter().chain(due.iter()) {
-            let retrying = retry.contains(id);
+        // A check can be both waiting for its retry and due again: the retry tries the
+        // slot it already holds, the due one is a new slot (skipped while a probe is out
+        // or waiting), so each due slot is admitted, delayed or skipped, and counted.
+        let retries = retry.iter().map(|id| (id, true));
+        for (id, retrying) in retries.chain(due.iter().map(|id| (id, false))) {
             let entry = match shared.checks.read().get(id) {
                 Some(e) => e.clone(),
                 None => continue,
