@@ -8,7 +8,6 @@
 //! right reason, and the daemon's resident memory stays bounded.
 
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -151,25 +150,6 @@ kind = "icmp"
         }
     }
     c
-}
-
-/// Results per check so far, from `sonde_probes_total{check,outcome}`.
-fn results_per_check(d: &Daemon) -> HashMap<String, u64> {
-    let text = d.client().metrics().expect("metrics");
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("sonde_probes_total{check=\"") else {
-            continue;
-        };
-        let (id, rest) = rest.split_once('"').expect("label");
-        let n: f64 = rest
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("value");
-        *out.entry(id.to_owned()).or_default() += n as u64;
-    }
-    out
 }
 
 /// The daemon's resident set (VmRSS), KiB.
@@ -318,7 +298,7 @@ fn healthy_checks_keep_their_interval_next_to_hostile_targets() {
     );
     d.wait_all(&HEALTHY, "healthy", Duration::from_secs(10));
 
-    let (before, t0) = (results_per_check(&d), Instant::now());
+    let (before, t0) = (d.results_per_check(), Instant::now());
     let mut rss_max = 0;
     let mut rss_samples = Vec::new();
     while t0.elapsed() < RUN {
@@ -334,7 +314,7 @@ fn healthy_checks_keep_their_interval_next_to_hostile_targets() {
         rss_samples.push(rss);
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (after, elapsed) = (results_per_check(&d), t0.elapsed());
+    let (after, elapsed) = (d.results_per_check(), t0.elapsed());
     let expected = elapsed.as_secs_f64() / INTERVAL.as_secs_f64();
     let mut report = Vec::new();
     for id in HEALTHY {
