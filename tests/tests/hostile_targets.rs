@@ -15,7 +15,8 @@
 //!   section counts, reserved label types, a query echoed back, answers with the wrong
 //!   id only, and 100 wrong-id answers before the right one;
 //! - a flood of spoofed SYN-ACKs, RSTs and ICMP errors (wrong cookies, wrong quoted
-//!   headers, wrong ICMP ids) aimed at the probe ports: none becomes a result.
+//!   headers, wrong ICMP ids) aimed at the probe ports, through the XDP path and the
+//!   userspace fallback: none becomes a result, genuine answers still get through.
 
 use std::{
     collections::HashMap,
@@ -24,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::counters::XdpReason;
+use probe_common::{config::ProbeConfig, counters::XdpReason};
 use sonde::{
     ebpf::{self, KernelProbes},
     engine::{
@@ -32,14 +33,14 @@ use sonde::{
         round::new_config,
         spec::{CheckSpec, DnsSpec, HttpExpect, HttpSpec, ProbeSpec, TlsSpec},
         uring::{Engine, EngineConfig, Job, StatelessParts},
-        PortRange,
+        PacketSource, PortRange,
     },
     lab::{self, Lab},
 };
 use sonde_tests::{
     checks::check,
     daemon::TempDir,
-    hostile::{self, dns_a, dns_head, End},
+    hostile::{self, dns_a, dns_head, End, SpoofCounts},
     servers::{http_server, tls_config, tls_config_and_pem, HttpReply},
 };
 
@@ -593,51 +594,30 @@ fn dns_targets_that_misbehave() {
     engine.shutdown();
 }
 
-/// Spoofed answers from the target's own address, at the probe ports and the ICMP id:
-/// SYN-ACKs and RST-ACKs with wrong cookies, bare RSTs, ICMP errors quoting TCP probes
-/// with a wrong sequence number, echo replies and errors quoting echo requests with a
-/// wrong id. The probes go to a port and an address that never answer, so every
-/// result must be a timeout: none of the spoofed packets may become a result. The XDP
-/// program must have refused every spoofed TCP answer as a bad cookie.
-#[test]
-fn spoofed_answers_are_never_results() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
-        return;
-    }
+/// The lab for spoofing: probes to a port and an address that never answer (nft drops
+/// them in the target namespace), so every genuine result is a timeout, and an open
+/// port (the listener returned) showing that genuine answers still get through.
+fn silent_lab() -> (Lab, std::net::TcpListener) {
     let lab = Lab::two_hosts().expect("lab");
+    let open = lab
+        .target
+        .run(|| std::net::TcpListener::bind("198.18.0.2:80"))
+        .expect("enter")
+        .expect("listen");
     lab.target
         .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop; add rule inet t in icmp type echo-request drop")
         .expect("nft");
-    let iface = lab.link.a.name.clone();
-    let cfg = new_config(PortRange::DEFAULT);
-    let (engine, kernel) = lab
-        .prober
-        .run(move || {
-            let mut k = KernelProbes::load().expect("load");
-            k.set_config(&cfg).expect("config");
-            k.attach(&iface).expect("attach");
-            PortRange::DEFAULT.reserve().expect("reserve ports");
-            let parts = StatelessParts {
-                source: Box::new(k.take_events().expect("events")),
-                probe: cfg,
-            };
-            let e = Engine::start(
-                &EngineConfig {
-                    threads: 1,
-                    stateless_senders: 1,
-                    ..EngineConfig::default()
-                },
-                Some(parts),
-            )
-            .expect("engine");
-            (e, k)
-        })
-        .expect("enter prober");
-    let before = kernel.counters().expect("counters");
+    (lab, open)
+}
+
+/// Runs tcp_syn and icmp probes (20 rounds, one every 100 ms) through `engine` while
+/// the target namespace floods the prober with spoofed answers; asserts one result per
+/// probe: a timeout for the silent targets, open for the open port; returns what was
+/// spoofed.
+/// Rounds of probes under spoofing.
+const ROUNDS: u64 = 20;
+
+fn probe_under_spoofing(lab: &Lab, engine: &Engine, cfg: &ProbeConfig) -> Arc<SpoofCounts> {
     let (flood, sent) = hostile::spoof_flood(
         &lab.target,
         lab::TARGET_ADDR,
@@ -649,9 +629,9 @@ fn spoofed_answers_are_never_results() {
     let specs = [
         check("syn", "198.18.0.2", 9, ProbeSpec::TcpSyn, T),
         check("ping", "198.18.0.2", 0, ProbeSpec::Icmp, T),
+        check("open", "198.18.0.2", 80, ProbeSpec::TcpSyn, T),
     ];
-    // Probes keep going out while the flood runs: 20 rounds, one every 100 ms.
-    let rounds = 20u64;
+    let rounds = ROUNDS;
     let start = Instant::now();
     for round in 0..rounds {
         for (i, s) in specs.iter().enumerate() {
@@ -667,14 +647,15 @@ fn spoofed_answers_are_never_results() {
     }
     let elapsed = start.elapsed();
     drop(flood);
-    std::thread::sleep(Duration::from_millis(100));
-    let d = kernel.counters().expect("counters").since(&before);
     assert_eq!(
         results.len() as u64,
         rounds * specs.len() as u64,
         "one result per probe, none from spoofed packets"
     );
-    for r in &results {
+    for r in results.iter().filter(|r| r.check.as_str() == "open") {
+        assert_eq!(r.reason, Reason::Ok, "genuine answers get through: {r:?}");
+    }
+    for r in results.iter().filter(|r| r.check.as_str() != "open") {
         assert_eq!(
             r.reason,
             Reason::Timeout,
@@ -686,20 +667,60 @@ fn spoofed_answers_are_never_results() {
             "timed out after {total:?}"
         );
     }
-    let bad = sent.bad_cookie.load(Ordering::Relaxed);
-    let not_ours = sent.not_ours.load(Ordering::Relaxed);
-    let spoof_rounds = sent.rounds.load(Ordering::Relaxed);
+    let rounds_spoofed = sent.rounds.load(Ordering::Relaxed);
     eprintln!(
-        "spoofed in {elapsed:?}: {bad} TCP answers/quotes with wrong cookies, {not_ours} ICMP with wrong ids ({spoof_rounds} rounds over the port range); xdp: {d:?}"
+        "spoofed in {elapsed:?}: {} TCP answers/quotes with wrong cookies, {} ICMP with \
+         wrong ids ({rounds_spoofed} rounds over the port range)",
+        sent.bad_cookie.load(Ordering::Relaxed),
+        sent.not_ours.load(Ordering::Relaxed),
     );
-    assert!(spoof_rounds >= 1, "the flood covered every probe port");
-    assert!(
-        d.xdp(XdpReason::BadCookie) == bad,
-        "every spoofed TCP answer reached XDP and was refused: {} of {bad}",
-        d.xdp(XdpReason::BadCookie)
+    assert!(rounds_spoofed >= 1, "the flood covered every probe port");
+    sent
+}
+
+/// Spoofed answers from the target's own address, at the probe ports and the ICMP id:
+/// SYN-ACKs and RST-ACKs with wrong cookies, bare RSTs, ICMP errors quoting TCP probes
+/// with a wrong sequence number, echo replies and errors quoting echo requests with a
+/// wrong id, through the kernel path (XDP): none becomes a result, and the XDP program
+/// refused every spoofed TCP answer as a bad cookie.
+#[test]
+fn spoofed_answers_are_never_results() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    if let Err(e) = ebpf::availability() {
+        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+        return;
+    }
+    let (lab, _open) = silent_lab();
+    let iface = lab.link.a.name.clone();
+    let cfg = new_config(PortRange::DEFAULT);
+    let (engine, kernel) = lab
+        .prober
+        .run(move || {
+            let mut k = KernelProbes::load().expect("load");
+            k.set_config(&cfg).expect("config");
+            k.attach(&iface).expect("attach");
+            PortRange::DEFAULT.reserve().expect("reserve ports");
+            let parts = StatelessParts {
+                source: Box::new(k.take_events().expect("events")),
+                probe: cfg,
+            };
+            (stateless_engine(parts), k)
+        })
+        .expect("enter prober");
+    let before = kernel.counters().expect("counters");
+    let sent = probe_under_spoofing(&lab, &engine, &cfg);
+    std::thread::sleep(Duration::from_millis(100));
+    let d = kernel.counters().expect("counters").since(&before);
+    let bad = sent.bad_cookie.load(Ordering::Relaxed);
+    assert_eq!(
+        d.xdp(XdpReason::BadCookie),
+        bad,
+        "every spoofed TCP answer reached XDP and was refused: {d:?}"
     );
+    assert_eq!(d.xdp(XdpReason::AnswerOpen), ROUNDS, "the open port, only");
     for reason in [
-        XdpReason::AnswerOpen,
         XdpReason::AnswerClosed,
         XdpReason::AnswerEcho,
         XdpReason::AnswerUnreachable,
@@ -707,4 +728,41 @@ fn spoofed_answers_are_never_results() {
         assert_eq!(d.xdp(reason), 0, "{reason:?}: no spoofed answer recorded");
     }
     engine.shutdown();
+}
+
+/// The same flood against the userspace fallback (`--userspace`: the same classifier
+/// on an AF_PACKET socket): none becomes a result either.
+#[test]
+fn spoofed_answers_are_never_results_in_userspace() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let (lab, _open) = silent_lab();
+    let iface = lab.link.a.name.clone();
+    let cfg = new_config(PortRange::DEFAULT);
+    let engine = lab
+        .prober
+        .run(move || {
+            PortRange::DEFAULT.reserve().expect("reserve ports");
+            let parts = StatelessParts {
+                source: Box::new(PacketSource::open(&iface, cfg).expect("packet socket")),
+                probe: cfg,
+            };
+            stateless_engine(parts)
+        })
+        .expect("enter prober");
+    let _ = probe_under_spoofing(&lab, &engine, &cfg);
+    engine.shutdown();
+}
+
+fn stateless_engine(parts: StatelessParts) -> Engine {
+    Engine::start(
+        &EngineConfig {
+            threads: 1,
+            stateless_senders: 1,
+            ..EngineConfig::default()
+        },
+        Some(parts),
+    )
+    .expect("engine")
 }
