@@ -9,8 +9,8 @@
 //!   any byte, mid-status line, mid-headers and mid-body;
 //! - HTTPS: a fatal alert, plaintext instead of TLS, FIN/RST before any byte and in
 //!   the middle of the handshake, then mid-status, mid-headers and mid-body after it,
-//!   silence after the handshake, an expired certificate (verified against its CA
-//!   file, next to a valid one);
+//!   silence before and after the handshake, an expired certificate (verified against
+//!   its CA file, next to a valid one);
 //! - DNS: truncated answers, compression pointers that point forward or loop, wrong
 //!   section counts, reserved label types, a query echoed back, answers with the wrong
 //!   id only, and 100 wrong-id answers before the right one;
@@ -351,6 +351,7 @@ fn https_targets_that_misbehave() {
         hostile::tls_cut(ns, "198.18.0.2:2011", c(), Some(BODY_CUT), End::Fin),
         hostile::tls_cut(ns, "198.18.0.2:2012", c(), Some(BODY_CUT), End::Rst),
         hostile::tls_cut(ns, "198.18.0.2:2013", c(), None, End::Fin),
+        hostile::silent(ns, "198.18.0.2:2014"),
         http_server(
             ns,
             "198.18.0.2:2020",
@@ -388,6 +389,7 @@ fn https_targets_that_misbehave() {
         ("fin-mid-body", 2011),
         ("rst-mid-body", 2012),
         ("silent-after-handshake", 2013),
+        ("silent-before-handshake", 2014),
     ]
     .iter()
     .map(|(id, port)| check(id, "198.18.0.2", *port, http_spec(no_verify()), T))
@@ -424,6 +426,7 @@ fn https_targets_that_misbehave() {
         ("fin-mid-body", closed("body")),
         ("rst-mid-body", closed("body")),
         ("silent-after-handshake", Want::Is(Reason::Timeout)),
+        ("silent-before-handshake", Want::Is(Reason::Timeout)),
         ("expired-verified", Want::Tls("expired")),
         ("valid-verified", Want::Is(Reason::Ok)),
     ] {
@@ -431,6 +434,7 @@ fn https_targets_that_misbehave() {
     }
     let r = |id: &str| &res[id].r;
     assert!(r("silent-after-handshake").phases.tls.is_some());
+    assert!(r("silent-before-handshake").phases.tls.is_none());
     assert_eq!(r("valid-verified").cert_days_left, Some(42));
     for id in ["fin-mid-body", "rst-mid-body"] {
         assert_eq!(r(id).http_status, Some(200), "{id}");
