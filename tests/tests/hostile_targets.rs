@@ -665,9 +665,11 @@ fn probe_under_spoofing(lab: &Lab, engine: &Engine, cfg: &ProbeConfig) -> Arc<Sp
             Reason::Timeout,
             "a spoofed answer was taken: {r:?}"
         );
+        // Stateless probes are expired by the collector thread, which competes for
+        // the cores with the flood (and, in parallel, the other tests' floods).
         let total = r.phases.total.expect("total");
         assert!(
-            total >= T && total < T + Duration::from_millis(20),
+            total >= T && total < T + MARGIN,
             "timed out after {total:?}"
         );
     }
