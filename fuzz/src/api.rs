@@ -2,28 +2,35 @@
 //! (`sonde::api::http`, `sonde::api::routes`), on an arbitrary byte stream arriving in
 //! arbitrary reads.
 //!
-//! Input: 1 split-seed byte ([`crate::splits`]), then the bytes a client sends. The
-//! target follows the server's steps with the public pieces: find the end of the head
-//! read by read ([`head_end`], as the connection does, 16 KiB limit), parse the head,
-//! look up `Host`, `Authorization` and `Content-Length`, route it ([`routes::plan`]), take
-//! the body the way the connection does (Content-Length, 64 KiB limit, bytes past it
-//! dropped) and run the route against an in-memory daemon ([`MemoryControl`]), which
-//! validates an added check with the config parser.
-//!
-//! The connection loop itself (`api::conn`: reading, `Host` loopback rule, body reads)
-//! is private to the crate, so it is mirrored here rather than called.
+//! Input: 1 split-seed byte ([`crate::splits`]), then the bytes a client sends. First the
+//! public pieces on their own: the end of the head found read by read ([`head_end`]) and
+//! the head parser. Then the real connection code: the bytes, in those reads, go through
+//! [`serve_stream`] (the very function the server runs on each accepted connection:
+//! head and body limits, the loopback `Host` rule on TCP, routing, the token, the body
+//! framing) against an in-memory daemon ([`MemoryControl`], which validates an added
+//! check with the config parser), and what it writes back is checked.
 //!
 //! Invariants: never panics; the head end found read by read is the one found in the
 //! whole stream; a parsed head has a token method, a target without spaces or controls,
-//! token header names and values without controls; every response the server would send
-//! (errors included) parses back with the same status and a Content-Length equal to its
-//! body's.
+//! token header names and values without controls; what the server writes is one HTTP/1.1
+//! response (after at most one `100 Continue`) whose head parses and whose body has
+//! exactly its Content-Length (a watch stream: a 200 with no length); a mutating route is
+//! never answered 2xx without the token; a check added (201) is found at its Location.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use sonde::api::{
-    http::{content_length, head_end, header, parse_request_head, parse_response_head, Response},
-    routes::{self, Route},
-    token, DaemonInfo, MemoryControl,
+    http::{content_length, head_end, header, parse_request_head, parse_response_head},
+    routes,
+    server::serve_stream,
+    ApiOptions, Control, DaemonInfo, MemoryControl,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{isolate_network, splits};
 
@@ -40,19 +47,85 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A response must survive the trip through its own wire format.
-fn check_response(resp: &Response) {
-    let bytes = resp.to_bytes();
-    let end = head_end(&bytes, 0).expect("a response has a complete head");
-    let head = parse_response_head(&bytes[..end])
-        .unwrap_or_else(|e| panic!("own response head does not parse: {e}"));
-    assert_eq!(head.status, resp.status);
-    assert_eq!(
-        content_length(&head.headers),
-        Ok(Some(resp.body.len() as u64)),
-        "Content-Length of own response"
-    );
-    assert_eq!(&bytes[end..], &resp.body[..]);
+/// A client connection: the reads it delivers, then end of input; what the server
+/// writes is collected.
+struct Wire<'a> {
+    reads: std::vec::IntoIter<&'a [u8]>,
+    written: Vec<u8>,
+}
+
+impl AsyncRead for Wire<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(piece) = self.reads.next() {
+            let n = piece.len().min(buf.remaining());
+            buf.put_slice(&piece[..n]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Wire<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.written.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+}
+
+/// Check what the server wrote for one request; returns (status, headers) of the
+/// final response.
+fn check_written(out: &[u8]) -> Option<(u16, Vec<(String, String)>)> {
+    if out.is_empty() {
+        return None; // the peer went away before a head: nothing to answer
+    }
+    let mut rest = out;
+    let mut end = head_end(rest, 0).expect("the server wrote a complete head");
+    let mut head = parse_response_head(&rest[..end])
+        .unwrap_or_else(|e| panic!("the server's response head does not parse: {e}"));
+    if head.status == 100 {
+        rest = &rest[end..];
+        end = head_end(rest, 0).expect("a final response follows 100 Continue");
+        head = parse_response_head(&rest[..end]).expect("final head parses");
+    }
+    let body = &rest[end..];
+    let watch = head.status == 200
+        && header(&head.headers, "content-type")
+            .is_some_and(|t| t.contains("ndjson") || t.contains("event-stream"));
+    if watch {
+        assert_eq!(
+            content_length(&head.headers),
+            Ok(None),
+            "a stream has no length"
+        );
+    } else {
+        assert_eq!(
+            content_length(&head.headers),
+            Ok(Some(body.len() as u64)),
+            "Content-Length of the server's response"
+        );
+    }
+    Some((head.status, head.headers))
 }
 
 fn control() -> MemoryControl {
@@ -105,80 +178,69 @@ pub fn check(data: &[u8]) {
     if let Ok(h) = parse_response_head(&stream[..whole.unwrap_or(stream.len())]) {
         assert!((100..=999).contains(&h.status));
     }
-    let Some(end) = found.filter(|&e| e <= MAX_HEAD) else {
+    let parsed = found
+        .filter(|&e| e <= MAX_HEAD)
+        .and_then(|end| parse_request_head(&stream[..end]).ok());
+    let mut mutating_unauthorized = false;
+    if let Some(head) = &parsed {
+        assert!(is_token(&head.method), "method {:?}", head.method);
+        assert!(
+            !head.target.is_empty() && !head.target.bytes().any(|b| b <= b' ' || b == 0x7f),
+            "target {:?}",
+            head.target
+        );
+        assert!(head.minor <= 1);
+        for (n, v) in &head.headers {
+            assert!(is_token(n), "header name {n:?}");
+            assert!(
+                !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f),
+                "header value {v:?}"
+            );
+        }
+        let authorized =
+            sonde::api::token::bearer_matches(header(&head.headers, "authorization"), TOKEN);
+        mutating_unauthorized =
+            !authorized && routes::plan(&head.method, &head.target).is_ok_and(|r| r.mutating());
+    }
+
+    // The real connection code, on the same reads.
+    let control = Arc::new(control());
+    let dyn_control: Arc<dyn Control> = Arc::clone(&control) as Arc<dyn Control>;
+    let mut wire = Wire {
+        reads: splits(stream, seed).into_iter(),
+        written: Vec::new(),
+    };
+    let opts = ApiOptions {
+        socket: None,
+        http: Some(([127, 0, 0, 1], 7070).into()),
+        max_head_bytes: MAX_HEAD,
+        max_body_bytes: MAX_BODY,
+        ..ApiOptions::default()
+    };
+    RUNTIME.with(|rt| {
+        rt.block_on(serve_stream(
+            &mut wire,
+            dyn_control,
+            TOKEN,
+            opts,
+            seed % 2 == 1,
+        ));
+    });
+    let Some((status, headers)) = check_written(&wire.written) else {
         return;
     };
-    let head = match parse_request_head(&stream[..end]) {
-        Ok(h) => h,
-        Err(e) => {
-            check_response(&Response::error(400, "bad_request", &e.to_string()));
-            return;
-        }
-    };
-    assert!(is_token(&head.method), "method {:?}", head.method);
-    assert!(
-        !head.target.is_empty() && !head.target.bytes().any(|b| b <= b' ' || b == 0x7f),
-        "target {:?}",
-        head.target
-    );
-    assert!(head.minor <= 1);
-    for (n, v) in &head.headers {
-        assert!(is_token(n), "header name {n:?}");
+    if mutating_unauthorized {
         assert!(
-            !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f),
-            "header value {v:?}"
+            !(200..300).contains(&status),
+            "mutating route served without the token"
         );
     }
-    let h = &head.headers;
-    let _ = header(h, "host");
-    let authorized = token::bearer_matches(header(h, "authorization"), TOKEN);
-    let route = match routes::plan(&head.method, &head.target) {
-        Ok(r) => r,
-        Err(resp) => {
-            assert!(
-                matches!(resp.status, 400 | 404 | 405),
-                "plan answered {}",
-                resp.status
-            );
-            check_response(&resp);
-            return;
-        }
-    };
-    if route == Route::Watch || (route.mutating() && !authorized) {
-        return;
-    }
-    let rest = &stream[end..];
-    let body: &[u8] = if route.takes_body() {
-        if header(h, "transfer-encoding").is_some() {
-            return;
-        }
-        match content_length(h) {
-            Ok(Some(n)) if n <= MAX_BODY as u64 => &rest[..rest.len().min(n as usize)],
-            Ok(_) => return,
-            Err(e) => {
-                check_response(&Response::error(400, "bad_request", &e.to_string()));
-                return;
-            }
-        }
-    } else {
-        &[]
-    };
-    let control = control();
-    let resp = routes::execute(&control, &route, body);
-    check_response(&resp);
-    if route == Route::AddCheck && resp.status == 201 {
-        let added = header(
-            &resp
-                .headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.clone()))
-                .collect::<Vec<_>>(),
-            "location",
-        )
-        .map(str::to_owned)
-        .expect("201 carries a Location");
+    if status == 201 {
+        let added = header(&headers, "location")
+            .map(str::to_owned)
+            .expect("201 carries a Location");
         let again = routes::plan("GET", &added).expect("Location routes");
-        let got = routes::execute(&control, &again, &[]);
+        let got = routes::execute(control.as_ref(), &again, &[]);
         assert_eq!(
             got.status, 200,
             "added check not found at its Location {added}"

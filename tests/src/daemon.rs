@@ -161,6 +161,29 @@ impl Daemon {
             .collect()
     }
 
+    /// Results per check so far (every outcome), from `sonde_probes_total` in /metrics.
+    ///
+    /// # Panics
+    /// /metrics does not answer or does not parse.
+    #[must_use]
+    pub fn results_per_check(&self) -> std::collections::HashMap<String, u64> {
+        let text = self.client().metrics().expect("metrics");
+        let mut out = std::collections::HashMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("sonde_probes_total{check=\"") else {
+                continue;
+            };
+            let (id, rest) = rest.split_once('"').expect("check label");
+            let n: f64 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("sample value");
+            *out.entry(id.to_owned()).or_default() += n as u64;
+        }
+        out
+    }
+
     /// Wait until every check in `ids` is in `state`; returns how long it took.
     ///
     /// # Panics

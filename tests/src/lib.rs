@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod etcd;
 pub mod etcd_ns;
 pub mod frames;
+pub mod hostile;
 pub mod servers;

@@ -30,7 +30,9 @@ impl Drop for Server {
     }
 }
 
-fn spawn(f: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Server {
+/// Run `f` on a thread that is told to stop (through the flag it gets) and joined when
+/// the returned guard drops.
+pub fn spawn(f: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);
     Server {
@@ -148,7 +150,8 @@ pub mod parking_lot_free {
     pub use std::sync::Mutex;
 }
 
-fn read_request(s: &mut (impl std::io::Read + ?Sized)) -> Option<Vec<u8>> {
+/// Read one request head (up to the empty line); `None` on close, error or 64 KiB.
+pub fn read_request(s: &mut (impl std::io::Read + ?Sized)) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -248,12 +251,23 @@ impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 /// Certificate generation fails.
 #[must_use]
 pub fn tls_config(name: &str, days: i64) -> Arc<rustls::ServerConfig> {
+    tls_config_and_pem(name, days).0
+}
+
+/// [`tls_config`], and the certificate as PEM (to trust it through a check's
+/// `ca_file`).
+///
+/// # Panics
+/// Certificate generation fails.
+#[must_use]
+pub fn tls_config_and_pem(name: &str, days: i64) -> (Arc<rustls::ServerConfig>, String) {
     let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(30);
     params.not_after = now + time::Duration::days(days) + time::Duration::hours(1);
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("cert");
+    let pem = cert.pem();
     let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
     let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -264,7 +278,7 @@ pub fn tls_config(name: &str, days: i64) -> Arc<rustls::ServerConfig> {
     .with_no_client_auth()
     .with_single_cert(vec![der], key)
     .expect("server config");
-    Arc::new(cfg)
+    (Arc::new(cfg), pem)
 }
 
 /// A DNS server on `addr` in `ns` answering A queries for `name` with `answer`

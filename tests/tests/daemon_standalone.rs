@@ -353,3 +353,61 @@ fn per_target_cap_holds_with_1000_checks_on_one_address() {
         "probes over the cap are delayed and counted: {delayed}\n{metrics}"
     );
 }
+
+/// Target deny list (`[daemon] deny_targets`): a check to a denied network is refused
+/// through the API and in a reloaded file, with the network named; the running checks
+/// stay as they were and the refused check is never probed.
+#[test]
+fn denied_targets_are_refused_through_the_api_and_on_reload() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _srv = sonde_tests::servers::tcp_acceptor(&lab.target, "198.18.0.2:80");
+    let dir = TempDir::new("policy");
+    let config = dir.0.join("checks.toml");
+    let base = "[daemon]\nallow_targets = [\"198.18.0.0/15\"]\ndeny_targets = [\"198.18.0.128/25\"]\n\n\
+                [[check]]\nid = \"ok\"\ntarget = \"198.18.0.2:80\"\nkind = \"tcp_connect\"\ninterval = \"300ms\"\n";
+    std::fs::write(&config, base).expect("config");
+    let d = Daemon::start(&lab.prober, &dir.0, &config, &[]);
+    d.wait_all(&["ok"], "healthy", Duration::from_secs(5));
+
+    let denied =
+        serde_json::json!({"id": "bad", "target": "198.18.0.200:80", "kind": "tcp_connect"});
+    match d.client().call("POST", "/v1/checks", Some(&denied)) {
+        Err(sonde::cli::client::ClientError::Api {
+            status,
+            kind,
+            message,
+        }) => {
+            assert_eq!((status, kind.as_str()), (400, "invalid"), "{message}");
+            assert!(
+                message.contains("denied network 198.18.0.128/25") && message.contains("bad"),
+                "{message}"
+            );
+        }
+        other => panic!("a denied target must be refused: {other:?}"),
+    }
+    let (code, out) = cli(&d, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(d.states(), vec![("ok".to_owned(), "healthy".to_owned())]);
+
+    // The same check in the file: the reload is refused as a whole, with where.
+    std::fs::write(
+        &config,
+        format!("{base}\n[[check]]\nid = \"bad\"\ntarget = \"198.18.0.200:80\"\nkind = \"tcp_connect\"\n"),
+    )
+    .expect("config");
+    let (code, out) = cli(&d, &["reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("checks.toml:13:") && out.contains("denied network 198.18.0.128/25"),
+        "{out}"
+    );
+    assert_eq!(d.states(), vec![("ok".to_owned(), "healthy".to_owned())]);
+    let metrics = d.client().metrics().expect("metrics");
+    assert!(
+        !metrics.contains("check=\"bad\""),
+        "never probed:\n{metrics}"
+    );
+}

@@ -345,6 +345,7 @@ fn representative_metrics() -> String {
             refreshed_unix_ms: 1_700_000_000_000,
             error: None,
         }),
+        refused_checks: 2,
     })
 }
 

@@ -175,6 +175,7 @@ impl Control for MemoryControl {
             budget: Default::default(),
             kernel: None,
             cluster: None,
+            refused_checks: 0,
         })
     }
 

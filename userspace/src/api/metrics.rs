@@ -36,7 +36,7 @@
 //! `sonde_kernel_attached`; in cluster mode (labels `node`): `sonde_cluster_is_leader`,
 //! `sonde_cluster_leader_known`, `sonde_cluster_nodes`,
 //! `sonde_cluster_node_assigned_checks{node}`, `sonde_cluster_node_suspect{node}` and
-//! `sonde_cluster_view_refreshed_seconds`; and, when the kernel programs run,
+//! `sonde_cluster_view_refreshed_seconds`, `sonde_cluster_checks_refused_total`; and, when the kernel programs run,
 //! `sonde_xdp_frames_total{reason}` (the exclusive reasons: their sum is every frame
 //! seen), `sonde_xdp_answers_without_stamp_total` (the auxiliary `no_stamp` counter)
 //! and `sonde_tc_packets_total{reason}`.
@@ -73,6 +73,8 @@ pub struct MetricsInput {
     pub kernel: Option<Counters>,
     /// The cluster as this node last read it (cluster mode only).
     pub cluster: Option<ClusterView>,
+    /// Assigned checks this node refused to run (target policy, unpreparable).
+    pub refused_checks: u64,
 }
 
 /// Escape a label value: backslash, double quote and line feed.
@@ -442,6 +444,16 @@ pub fn render(input: &MetricsInput) -> String {
     kernel_families(&mut w, input.kernel.as_ref());
     if let Some(c) = &input.cluster {
         cluster_families(&mut w, c);
+        w.family(
+            "sonde_cluster_checks_refused_total",
+            "counter",
+            "Assigned checks this node refused to run (target policy, or not preparable).",
+        );
+        w.sample(
+            "sonde_cluster_checks_refused_total",
+            &[],
+            input.refused_checks,
+        );
     }
     w.out
 }

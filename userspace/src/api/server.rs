@@ -84,6 +84,31 @@ pub(super) struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Serve one connection on any byte stream exactly as [`Server::run`] serves an
+/// accepted one: the same request decoding, limits from `opts`, `token` for the
+/// mutating routes, and (with `tcp`) the loopback `Host` rule. Returns once the
+/// connection is answered (a watch stream: once the peer closes its side). For
+/// fuzzing the real request path and for tests without sockets.
+pub async fn serve_stream<S>(
+    stream: S,
+    control: Arc<dyn Control>,
+    token: &str,
+    opts: ApiOptions,
+    tcp: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (_keep, shutdown) = watch::channel(false);
+    let shared = Shared {
+        control,
+        token: token.to_owned(),
+        watchers: Arc::new(Semaphore::new(opts.max_watchers)),
+        opts,
+        shutdown,
+    };
+    conn::handle(stream, &shared, tcp).await;
+}
+
 /// The unix socket file we created, removed on drop if it is still the same inode.
 #[derive(Debug)]
 struct SocketFile {

@@ -77,7 +77,7 @@ pub enum Command {
     /// Validate a configuration file (no daemon needed).
     Validate(validate::ValidateArgs),
     /// Run the daemon: probe the checks of a TOML file, keep their health, serve the API.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List the cluster's live nodes, their role and share of the checks (from etcd).
     Nodes(cluster::ClusterArgs),
     /// Show the cluster's elected leader and its term (from etcd).

@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// Probes in flight at most.
     #[arg(long, default_value_t = 16_384)]
     pub max_in_flight: u32,
+    /// After setting up (kernel programs, probe ports, journal), become this
+    /// unprivileged user; the state directory is given to it. Without it sonde stays
+    /// uid 0 but still drops every capability except CAP_NET_RAW.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Keep every capability after setting up (debugging only; excludes --user).
+    #[arg(long)]
+    pub keep_capabilities: bool,
 }
 
 /// Run the daemon; the API socket and token file are the global `--socket` and
@@ -78,5 +86,7 @@ pub(super) fn run(
         per_target_pps: a.per_target_pps,
         global_pps: a.global_pps,
         max_in_flight: a.max_in_flight,
+        user: a.user.clone(),
+        keep_capabilities: a.keep_capabilities,
     })
 }

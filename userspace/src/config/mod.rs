@@ -10,6 +10,8 @@
 //! iface = "eth0"            # interface the XDP/TC programs attach to (default: none)
 //! ports = "61000-61999"     # reserved source ports of stateless probes (this default)
 //! userspace = false         # time answers in userspace, without eBPF (default false)
+//! allow_targets = ["198.18.0.0/15"]  # checks may only probe these networks (default any)
+//! deny_targets = ["198.18.9.0/24"]   # and never these (wins over allow_targets)
 //!
 //! [defaults]                # optional: any check field but id and target
 //! interval = "5s"
@@ -101,6 +103,7 @@ mod duration;
 mod error;
 mod fields;
 mod kinds;
+pub mod policy;
 mod raw;
 mod target;
 mod validate;
@@ -138,6 +141,8 @@ pub struct DaemonSettings {
     pub ports: PortRange,
     /// Time answers in userspace instead of loading the kernel programs.
     pub userspace: bool,
+    /// Networks checks may and may not probe.
+    pub policy: policy::TargetPolicy,
 }
 
 impl Default for DaemonSettings {
@@ -146,6 +151,7 @@ impl Default for DaemonSettings {
             iface: None,
             ports: PortRange::DEFAULT,
             userspace: false,
+            policy: policy::TargetPolicy::default(),
         }
     }
 }
@@ -298,7 +304,16 @@ fn document(ctx: &mut Ctx, root: &Node) -> Config {
             }
         }
         if let Some(spec) = validate::build(ctx, &c, &config.defaults.fields) {
-            config.checks.push(spec);
+            match config.daemon.policy.check(spec.target.addr) {
+                Ok(()) => config.checks.push(spec),
+                Err(e) => {
+                    let at = c
+                        .target
+                        .as_ref()
+                        .map_or_else(|| c.at.clone(), |t| t.at.clone());
+                    ctx.report(&at, e);
+                }
+            }
         }
     }
     ctx.check = None;
@@ -330,5 +345,37 @@ fn daemon(ctx: &mut Ctx, t: &mut Table<'_>) -> DaemonSettings {
     if let Some(u) = t.bool(ctx, "userspace") {
         d.userspace = u.v;
     }
+    d.policy.allow = networks(ctx, t, "allow_targets");
+    d.policy.deny = networks(ctx, t, "deny_targets");
     d
+}
+
+/// A list of networks (`allow_targets`, `deny_targets`).
+fn networks(ctx: &mut Ctx, t: &mut Table<'_>, name: &'static str) -> Vec<policy::Network> {
+    let Some((node, at)) = t.node(ctx, name) else {
+        return Vec::new();
+    };
+    let Kind::Array(items) = &node.kind else {
+        let msg = format!(
+            "expected a list of networks, e.g. [\"198.18.0.0/15\"], found {}",
+            node.kind.describe()
+        );
+        ctx.report(&at, msg);
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_at = ctx.at(format!("{}[{i}]", at.path), item.span.as_ref());
+        match &item.kind {
+            Kind::Str(s) => match s.parse() {
+                Ok(n) => out.push(n),
+                Err(e) => ctx.report(&item_at, e),
+            },
+            other => ctx.report(
+                &item_at,
+                format!("expected a network string, found {}", other.describe()),
+            ),
+        }
+    }
+    out
 }

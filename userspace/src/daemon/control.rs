@@ -27,7 +27,7 @@ impl Shared {
     fn start_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        let _ = self.health.lock().add((*entry.spec).clone(), now);
+        let _ = self.health.lock().add(Arc::clone(&entry.spec), now);
         self.sched
             .lock()
             .add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
@@ -39,6 +39,7 @@ impl Shared {
     /// Stop running `id`.
     fn stop_check(&self, id: &CheckId) {
         self.sched.lock().remove(id);
+        self.outcomes.lock().remove(id);
         self.checks.write().remove(id);
         self.health.lock().remove(id);
         let _ = self
@@ -51,7 +52,7 @@ impl Shared {
     fn change_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        self.health.lock().replace((*entry.spec).clone(), now);
+        self.health.lock().replace(Arc::clone(&entry.spec), now);
         {
             let mut s = self.sched.lock();
             s.remove(&id);
@@ -83,7 +84,7 @@ impl Control for Shared {
         let c = h.get(&CheckId::new(id))?;
         Some(CheckHistory {
             id: CheckId::new(id),
-            results: c.history().iter().cloned().collect(),
+            results: c.history(),
             transitions: c.transitions().iter().cloned().collect(),
         })
     }
@@ -91,6 +92,10 @@ impl Control for Shared {
     fn add_check(&self, check: &serde_json::Value) -> Result<CheckId, ControlError> {
         let spec = config::parse_check_json(check, &self.defaults.read())
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        self.policy
+            .read()
+            .check(spec.target.addr)
+            .map_err(|e| ControlError::Invalid(format!("check {:?}: {e}", spec.id.as_str())))?;
         if self.checks.read().contains_key(&spec.id) {
             return Err(ControlError::Duplicate(spec.id.to_string()));
         }
@@ -138,6 +143,7 @@ impl Control for Shared {
             }
         }
         *self.defaults.write() = cfg.defaults;
+        *self.policy.write() = cfg.daemon.policy.clone();
         info!(
             added = report.added.len(),
             changed = report.changed.len(),
@@ -185,14 +191,24 @@ impl crate::cluster::node::Local for Shared {
         for id in &remove {
             self.stop_check(id);
         }
-        let prepare = |spec: CheckSpec| match Prepared::new(&spec, &self.tls) {
-            Ok(p) => Some(Entry {
-                spec: Arc::new(spec),
-                prepared: Arc::new(p),
-            }),
-            Err(e) => {
-                tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
-                None
+        let prepare = |spec: CheckSpec| {
+            if let Err(e) = self.policy.read().check(spec.target.addr) {
+                tracing::warn!(check = %spec.id, error = %e, "assigned check refused by this node's target policy; not run");
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            match Prepared::new(&spec, &self.tls) {
+                Ok(p) => Some(Entry {
+                    spec: Arc::new(spec),
+                    prepared: Arc::new(p),
+                }),
+                Err(e) => {
+                    tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
             }
         };
         for spec in change {

@@ -9,6 +9,7 @@
 mod checks;
 mod control;
 pub mod persist;
+pub mod privs;
 mod runner;
 mod start;
 
@@ -41,6 +42,9 @@ pub(crate) struct Shared {
     config_path: Option<PathBuf>,
     /// `[defaults]` of the file, for checks added through the API.
     defaults: RwLock<Defaults>,
+    /// `[daemon] allow_targets` / `deny_targets`, for checks added through the API or
+    /// assigned from etcd (the file's own checks are checked when it is read).
+    policy: RwLock<crate::config::policy::TargetPolicy>,
     /// Running checks.
     checks: RwLock<BTreeMap<CheckId, Entry>>,
     /// Health of every check.
@@ -67,6 +71,8 @@ pub(crate) struct Shared {
     wake_tx: Sender<()>,
     /// The dispatcher's end of `wake_tx`.
     wake_rx: Receiver<()>,
+    /// Assigned checks this node refused (target policy, unpreparable).
+    refused: std::sync::atomic::AtomicU64,
     /// Set on shutdown.
     stopping: AtomicBool,
     /// Set once the engine is closed: every result has been sent.

@@ -2,15 +2,16 @@
 //!
 //! - The dispatcher takes due checks from the scheduler, admits each through the budgets
 //!   (in-flight, sockets, global and per-target rates) and submits a job; a probe that
-//!   must wait is kept and retried, counted as delayed, never dropped. A check is never
-//!   probed twice at once: if it comes due while its last probe is still out, the slot
-//!   is skipped and counted.
+//!   must wait is kept and retried (oldest first; while the in-flight budget is full,
+//!   only when a probe ends), counted as delayed, never dropped. A check is never
+//!   probed twice at once: if it comes due while its last probe is still out or
+//!   waiting, the slot is skipped and counted, as are slots missed by a late loop.
 //! - The result loop releases the probe's permits, counts its outcome, feeds the health
 //!   table, adapts the check's interval (fast while failing), and journals and
 //!   broadcasts every transition.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, VecDeque},
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -22,7 +23,7 @@ use super::{persist::Record, Shared};
 use crate::{
     api::Event,
     engine::{
-        budget::{Admission, Permits},
+        budget::{Admission, DelayReason, Permits},
         spec::{CheckId, ProbeSpec},
         uring::{sys::monotonic_now, Job},
     },
@@ -40,64 +41,128 @@ pub(super) enum Outstanding {
     Waiting(u64),
 }
 
+/// What became of one attempt to start a check's probe.
+enum Tried {
+    /// Admitted and submitted.
+    Admitted,
+    /// Kept waiting for its budget (counted as delayed).
+    Delayed(DelayReason),
+    /// Its slot was skipped (counted): a probe of the check is out or waiting.
+    Skipped,
+    /// The check is gone, or no longer waiting: nothing to do.
+    Gone,
+}
+
+/// Try to start a probe of `id`: `retrying` a check that waits for its budget, or for
+/// a slot that just came due.
+fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64, seq: &mut u64) -> Tried {
+    let entry = shared.checks.read().get(id).cloned();
+    let mut out = shared.outstanding.lock();
+    let Some(entry) = entry else {
+        if retrying && matches!(out.get(id), Some(Outstanding::Waiting(_))) {
+            out.remove(id);
+        }
+        return Tried::Gone;
+    };
+    match out.get(id) {
+        Some(Outstanding::Waiting(_)) if retrying => {}
+        _ if retrying => return Tried::Gone,
+        Some(Outstanding::Running(..) | Outstanding::Waiting(_)) => {
+            shared.budgets.lock().record_skipped(1);
+            return Tried::Skipped;
+        }
+        None => {}
+    }
+    let needs_socket = !matches!(entry.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp);
+    let admission = shared
+        .budgets
+        .lock()
+        .admit(entry.spec.target.addr, needs_socket, now);
+    match admission {
+        Admission::Admit(permits) => {
+            *seq += 1;
+            out.insert(id.clone(), Outstanding::Running(*seq, permits));
+            drop(out);
+            let job = Job {
+                spec: Arc::clone(&entry.spec),
+                seq: *seq,
+                prepared: Arc::clone(&entry.prepared),
+            };
+            if shared.engine.submit(job).is_err() {
+                warn!(check = %id, "engine stopped; probe not sent");
+            }
+            Tried::Admitted
+        }
+        Admission::Delay { until_ns, reason } => {
+            debug!(check = %id, ?reason, "probe delayed by budget");
+            out.insert(id.clone(), Outstanding::Waiting(until_ns));
+            Tried::Delayed(reason)
+        }
+    }
+}
+
 /// Run the dispatcher until shutdown.
 pub(super) fn dispatch(shared: &Arc<Shared>) {
     let mut due: Vec<CheckId> = Vec::new();
-    let mut retry: Vec<CheckId> = Vec::new();
+    // Checks waiting for their budget, oldest first. Retrying them in this order gives
+    // every check its turn under overload; retrying in a hash map's order admitted the
+    // same few checks again and again while most were never probed.
+    let mut waiting: VecDeque<CheckId> = VecDeque::new();
     let mut seq: u64 = 0;
     while !shared.stopping.load(Ordering::Acquire) {
         let now = now_ns();
         due.clear();
-        shared.sched.lock().due(now, &mut due);
-        retry.clear();
-        {
-            let out = shared.outstanding.lock();
-            retry.extend(out.iter().filter_map(|(id, o)| match o {
-                Outstanding::Waiting(until) if *until <= now => Some(id.clone()),
-                _ => None,
-            }));
+        let missed = {
+            let mut sched = shared.sched.lock();
+            sched.due(now, &mut due);
+            sched.take_missed()
+        };
+        if missed > 0 {
+            // Slots the scheduler passed over because this loop ran an interval or more
+            // late: skipped, like a slot that comes due while its probe is still out.
+            shared.budgets.lock().record_skipped(missed);
         }
-        for id in retry.iter().chain(due.iter()) {
-            let retrying = retry.contains(id);
-            let entry = match shared.checks.read().get(id) {
-                Some(e) => e.clone(),
-                None => continue,
-            };
-            let mut out = shared.outstanding.lock();
-            match out.get(id) {
-                Some(Outstanding::Running(..)) => {
-                    shared.budgets.lock().record_skipped(1);
-                    continue;
-                }
-                Some(Outstanding::Waiting(_)) if !retrying => {
-                    shared.budgets.lock().record_skipped(1);
-                    continue;
-                }
-                _ => {}
+        // Retries first. Once the in-flight budget refuses one, it refuses all until a
+        // probe ends (the result loop wakes us then): stop instead of spinning through
+        // every waiting check each millisecond.
+        let mut blocked = false;
+        let mut i = 0;
+        let stopping = || shared.stopping.load(Ordering::Acquire);
+        while i < waiting.len() {
+            // A million checks may be waiting: notice a shutdown within the round.
+            if i % 1024 == 1023 && stopping() {
+                break;
             }
-            let needs_socket = !matches!(entry.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp);
-            let admission = shared
-                .budgets
-                .lock()
-                .admit(entry.spec.target.addr, needs_socket, now);
-            match admission {
-                Admission::Admit(permits) => {
-                    seq += 1;
-                    out.insert(id.clone(), Outstanding::Running(seq, permits));
-                    drop(out);
-                    let job = Job {
-                        spec: Arc::clone(&entry.spec),
-                        seq,
-                        prepared: Arc::clone(&entry.prepared),
-                    };
-                    if shared.engine.submit(job).is_err() {
-                        warn!(check = %id, "engine stopped; probe not sent");
+            let until = match shared.outstanding.lock().get(&waiting[i]) {
+                Some(Outstanding::Waiting(until)) => Some(*until),
+                _ => None,
+            };
+            match until {
+                Some(until) if until > now => i += 1,
+                Some(_) => match try_admit(shared, &waiting[i], true, now, &mut seq) {
+                    Tried::Delayed(DelayReason::InFlight) => {
+                        blocked = true;
+                        break;
                     }
+                    Tried::Delayed(_) => i += 1,
+                    Tried::Admitted | Tried::Skipped | Tried::Gone => {
+                        waiting.remove(i);
+                    }
+                },
+                None => {
+                    waiting.remove(i);
                 }
-                Admission::Delay { until_ns, reason } => {
-                    debug!(check = %id, ?reason, "probe delayed by budget");
-                    out.insert(id.clone(), Outstanding::Waiting(until_ns));
-                }
+            }
+        }
+        // A due check that is still waiting has its new slot skipped (and counted), so
+        // each due slot is admitted, delayed or skipped.
+        for (n, id) in due.iter().enumerate() {
+            if n % 1024 == 1023 && stopping() {
+                break;
+            }
+            if let Tried::Delayed(reason) = try_admit(shared, id, false, now, &mut seq) {
+                blocked |= reason == DelayReason::InFlight;
+                waiting.push_back(id.clone());
             }
         }
         let next_sched = shared.sched.lock().next_deadline().unwrap_or(u64::MAX);
@@ -106,6 +171,8 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
             .lock()
             .values()
             .filter_map(|o| match o {
+                // Blocked on in-flight capacity: woken by the next result instead.
+                Outstanding::Waiting(u) if blocked && *u <= now => None,
                 Outstanding::Waiting(u) => Some(*u),
                 Outstanding::Running(..) => None,
             })
@@ -146,18 +213,28 @@ pub(super) fn results(shared: &Arc<Shared>) {
             if let Some(Outstanding::Running(seq, _)) = out.get(&r.check) {
                 if *seq == r.seq {
                     if let Some(Outstanding::Running(_, permits)) = out.remove(&r.check) {
-                        shared.budgets.lock().release(permits);
+                        let mut budgets = shared.budgets.lock();
+                        let was_full = !budgets.inflight().fits(1);
+                        budgets.release(permits);
+                        if was_full {
+                            // Checks wait for this permit: let the dispatcher retry now.
+                            let _ = shared.wake_tx.try_send(());
+                        }
                     }
                 }
             }
         }
         {
             let mut counts = shared.outcomes.lock();
-            *counts
-                .entry(r.check.clone())
-                .or_default()
-                .entry(r.reason.label())
-                .or_insert(0) += 1;
+            let per = counts.entry(r.check.clone()).or_default();
+            let label = r.reason.label();
+            match per.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    per.reserve_exact(1);
+                    per.push((label, 1));
+                }
+            }
         }
         let now = tokio::time::Instant::now();
         let (transition, interval) = {
@@ -182,5 +259,6 @@ pub(super) fn results(shared: &Arc<Shared>) {
     }
 }
 
-/// Probe counts by outcome label, per check.
-pub(super) type Outcomes = HashMap<CheckId, BTreeMap<&'static str, u64>>;
+/// Probe counts by outcome label, per check: a short list (a check sees one to a few
+/// outcomes; a map node per check would cost ~300 bytes of a million checks' budget).
+pub(super) type Outcomes = HashMap<CheckId, Vec<(&'static str, u64)>>;

@@ -74,6 +74,10 @@ pub struct RunOptions {
     pub global_pps: f64,
     /// Probes in flight at most.
     pub max_in_flight: u32,
+    /// Become this unprivileged user after setting up (`--user`).
+    pub user: Option<String>,
+    /// Keep every capability (`--keep-capabilities`, for debugging only).
+    pub keep_capabilities: bool,
 }
 
 /// Which interface carries the answers to stateless probes: the option, the file, or
@@ -127,6 +131,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             .checks
             .iter()
             .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
+    // The prepared entries hold the specs from here on: free the parsed copies.
+    let cfg = config::Config {
+        checks: Vec::new(),
+        ..cfg
+    };
     let probe_cfg = new_config(ports);
     let mut kernel: Option<KernelProbes> = None;
     let mut stateless: Option<StatelessParts> = None;
@@ -180,9 +189,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         clock.1 = Some("no interface".to_owned());
     }
 
-    let engine = Engine::start(&EngineConfig::default(), stateless)
-        .context("starting the io_uring engine")?;
-
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     let (journal, replayed) = Journal::<persist::Record>::open(
@@ -191,13 +197,19 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     )
     .with_context(|| format!("opening the journal in {}", opts.state_dir.display()))?;
 
+    // Least privilege, before the first thread starts (capabilities are per thread).
+    least_privilege(opts, stateless.is_some())?;
+
+    let engine = Engine::start(&EngineConfig::default(), stateless)
+        .context("starting the io_uring engine")?;
+
     let now = tokio::time::Instant::now();
     let mut health = HealthTable::new();
     let mut sched = Scheduler::new();
     let mono =
         || u64::try_from(crate::engine::uring::sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
     for e in entries.values() {
-        let _ = health.add((*e.spec).clone(), now);
+        let _ = health.add(Arc::clone(&e.spec), now);
         sched.add(e.spec.id.clone(), e.spec.interval, e.spec.jitter, mono());
     }
     let restored = persist::fold(replayed.into_iter().map(|e| e.record), 16, now);
@@ -237,6 +249,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             opts.config.clone()
         },
         defaults: RwLock::new(cfg.defaults),
+        policy: RwLock::new(cfg.daemon.policy.clone()),
         checks: RwLock::new(entries),
         health: Mutex::new(health),
         sched: Mutex::new(sched),
@@ -250,6 +263,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         tls,
         wake_tx,
         wake_rx,
+        refused: 0.into(),
         stopping: false.into(),
         engine_closed: false.into(),
         started: Instant::now(),
@@ -358,6 +372,47 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
 }
 
 /// Prometheus text for the daemon's state.
+/// Drop what the daemon no longer needs (see [`super::privs`]): keep `CAP_NET_RAW` if
+/// stateless probing is set up, and become `--user` (the state directory and a socket
+/// directory sonde creates are given to it first).
+fn least_privilege(opts: &RunOptions, raw_sockets: bool) -> Result<()> {
+    use super::privs;
+    let user = opts
+        .user
+        .as_deref()
+        .map(privs::User::lookup)
+        .transpose()
+        .context("--user")?;
+    if opts.keep_capabilities {
+        if user.is_some() {
+            bail!("--user and --keep-capabilities exclude each other: switching user drops capabilities");
+        }
+        warn!("--keep-capabilities: running with every capability the process started with");
+        return Ok(());
+    }
+    if let Some(u) = &user {
+        privs::chown_tree(&opts.state_dir, u)
+            .with_context(|| format!("giving {} to user {}", opts.state_dir.display(), u.name))?;
+        if let Some(dir) = opts.socket.parent().filter(|d| !d.exists()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            privs::chown_tree(dir, u)
+                .with_context(|| format!("giving {} to user {}", dir.display(), u.name))?;
+        }
+        if opts.token_file.exists() && !opts.token_file.starts_with(&opts.state_dir) {
+            privs::chown_tree(&opts.token_file, u).with_context(|| {
+                format!("giving {} to user {}", opts.token_file.display(), u.name)
+            })?;
+        }
+    }
+    let keep: &[u32] = if raw_sockets {
+        &[privs::CAP_NET_RAW]
+    } else {
+        &[]
+    };
+    privs::drop_privileges(keep, user.as_ref()).context("dropping privileges")?;
+    Ok(())
+}
+
 /// Keep [`Shared::cluster_view`] fresh until shutdown; on a failed read keep the last
 /// view and say why in it.
 async fn refresh_cluster_view(
@@ -403,12 +458,13 @@ pub(super) fn render_metrics(s: &Shared) -> String {
             .outcomes
             .lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
             .collect(),
         engine: s.engine.stats(),
         budget: *s.budgets.lock().stats(),
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
         cluster: s.cluster_view.read().clone(),
+        refused_checks: s.refused.load(Ordering::Relaxed),
     };
     let mut text = crate::api::metrics::render(&input);
     if let Some((node, stats)) = s.cluster.get() {

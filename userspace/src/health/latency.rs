@@ -1,6 +1,13 @@
-//! Latency distributions of one check: an HDR histogram per timing (`rtt` and the
-//! stateful phases `connect`, `tls`, `first_byte`, `total`), in microseconds from
-//! 1 µs to 60 s with 3 significant digits (every value is reported within 0.1 %).
+//! Latency distributions of one check: a compact log-linear histogram per timing
+//! (`rtt` and the stateful phases `connect`, `tls`, `first_byte`, `total`), in
+//! microseconds from 1 µs to 60 s. Values below 16 µs are kept exactly; above, each
+//! power of two is split in 16 buckets, so a percentile is reported within ±3.2 % of
+//! the true value (the bucket's midpoint); the maximum is exact.
+//!
+//! Only the buckets that hold values are stored (sorted `(bucket, count)` pairs), so a
+//! check whose latency stays within a few octaves keeps a few dozen bytes per phase
+//! instead of the ~68 KiB of an HDR histogram with 3 significant digits: this is what
+//! lets one node hold a million checks (see bench/scale.sh).
 //!
 //! Only successful results are recorded (the health state machine enforces it): a
 //! failure's timing is usually the timeout or an instant refusal, and mixing those in
@@ -11,7 +18,6 @@
 
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::engine::result::CheckResult;
@@ -20,8 +26,6 @@ use crate::engine::result::CheckResult;
 pub const LOWEST_US: u64 = 1;
 /// Highest trackable value, in microseconds (60 s; larger values are recorded as this).
 pub const HIGHEST_US: u64 = 60_000_000;
-/// Significant decimal digits kept by the histograms.
-pub const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// A measured timing of a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -120,11 +124,110 @@ impl PhaseLatencies {
     }
 }
 
-/// One lazily allocated histogram per [`Phase`]. Counts are `u32` (saturating), which
-/// halves the memory of `u64` counts and lasts > 100 years at one probe a second.
+/// Sub-buckets per power of two (16: ±3.2 % around the midpoint).
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+
+/// The bucket of `us` (>= 1).
+fn bucket(us: u64) -> u16 {
+    if us < SUB {
+        return u16::try_from(us).unwrap_or(0);
+    }
+    let e = 63 - us.leading_zeros(); // floor(log2), >= SUB_BITS
+    let m = (us >> (e - SUB_BITS)) & (SUB - 1);
+    u16::try_from(u64::from(e - SUB_BITS + 1) * SUB + m).unwrap_or(u16::MAX)
+}
+
+/// The lowest value and the width of bucket `b`.
+fn bucket_range(b: u16) -> (u64, u64) {
+    let b = u64::from(b);
+    if b < SUB {
+        return (b, 1);
+    }
+    let e = b / SUB - 1 + u64::from(SUB_BITS);
+    let m = b % SUB;
+    let width = 1u64 << (e - u64::from(SUB_BITS));
+    ((SUB + m) * width, width)
+}
+
+/// A sparse log-linear histogram of microsecond values.
+#[derive(Clone, Debug, Default)]
+pub struct Compact {
+    /// `(bucket, count)`, sorted by bucket; counts saturate.
+    buckets: Vec<(u16, u32)>,
+    /// Values recorded.
+    count: u64,
+    /// Largest value recorded (exact).
+    max: u64,
+}
+
+impl Compact {
+    /// Record `us` (already clamped to the range).
+    pub fn record(&mut self, us: u64) {
+        let b = bucket(us);
+        match self.buckets.binary_search_by_key(&b, |&(k, _)| k) {
+            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
+            Err(i) => {
+                // Grow by small steps: a check's latency spans few buckets.
+                if self.buckets.len() == self.buckets.capacity() {
+                    self.buckets.reserve_exact(4);
+                }
+                self.buckets.insert(i, (b, 1));
+            }
+        }
+        self.count += 1;
+        self.max = self.max.max(us);
+    }
+
+    /// The value at quantile `q` (0..=1): the midpoint of its bucket, at most `max`.
+    #[must_use]
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        if q >= 1.0 {
+            return self.max;
+        }
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for &(b, c) in &self.buckets {
+            seen += u64::from(c);
+            if seen >= rank {
+                let (lo, width) = bucket_range(b);
+                return (lo + width / 2).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    /// Values recorded.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether nothing was recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Heap bytes held (for the memory bound's tests).
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
+    }
+}
+
+/// One lazily allocated histogram per [`Phase`].
 #[derive(Clone, Debug, Default)]
 pub struct LatencyRecorder {
-    hists: [Option<Box<Histogram<u32>>>; 5],
+    hists: [Option<Box<Compact>>; 5],
 }
 
 impl LatencyRecorder {
@@ -139,13 +242,19 @@ impl LatencyRecorder {
         let us = u64::try_from(value.as_micros())
             .unwrap_or(HIGHEST_US)
             .clamp(LOWEST_US, HIGHEST_US);
-        let hist = self.hists[phase.index()].get_or_insert_with(|| {
-            Box::new(
-                Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-                    .expect("constant histogram bounds are valid"),
-            )
-        });
-        hist.saturating_record(us);
+        self.hists[phase.index()]
+            .get_or_insert_with(Box::default)
+            .record(us);
+    }
+
+    /// Heap bytes held by the histograms.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.hists
+            .iter()
+            .flatten()
+            .map(|h| std::mem::size_of::<Compact>() + h.heap_bytes())
+            .sum()
     }
 
     /// Record every measured timing of `result`. The caller decides whether the
@@ -163,10 +272,10 @@ impl LatencyRecorder {
     pub fn summary(&self, phase: Phase) -> LatencySummary {
         match &self.hists[phase.index()] {
             Some(h) if !h.is_empty() => LatencySummary {
-                p50_us: h.value_at_quantile(0.50),
-                p90_us: h.value_at_quantile(0.90),
-                p99_us: h.value_at_quantile(0.99),
-                max_us: h.max(),
+                p50_us: h.quantile(0.50),
+                p90_us: h.quantile(0.90),
+                p99_us: h.quantile(0.99),
+                max_us: h.max,
                 count: h.len(),
             },
             _ => LatencySummary::default(),
@@ -186,5 +295,57 @@ impl LatencyRecorder {
     /// Forget every value (and free the histograms).
     pub fn reset(&mut self) {
         self.hists = Default::default();
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_the_range_in_order() {
+        let mut prev = 0;
+        for us in 1..=100_000u64 {
+            let b = bucket(us);
+            assert!(b >= prev, "{us}");
+            prev = b;
+            let (lo, w) = bucket_range(b);
+            assert!(lo <= us && us < lo + w, "{us} in [{lo}, {})", lo + w);
+            // Relative width at most 1/16: the midpoint is within 3.2 %.
+            if us >= SUB {
+                assert!(w * 16 <= lo, "{us}: width {w} at {lo}");
+            }
+        }
+        assert!(bucket(HIGHEST_US) < 400);
+    }
+
+    #[test]
+    fn quantiles_within_three_percent() {
+        let mut h = Compact::default();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        for (q, want) in [(0.5, 5_000.0), (0.9, 9_000.0), (0.99, 9_900.0)] {
+            #[allow(clippy::cast_precision_loss)]
+            let got = h.quantile(q) as f64;
+            assert!((got - want).abs() / want < 0.032, "q{q}: {got} vs {want}");
+        }
+        assert_eq!(h.quantile(1.0), 10_000);
+        assert_eq!(h.len(), 10_000);
+        let mut one = Compact::default();
+        one.record(7);
+        assert_eq!((one.quantile(0.5), one.quantile(0.99)), (7, 7));
+    }
+
+    #[test]
+    fn a_steady_latency_costs_a_few_buckets() {
+        let mut r = LatencyRecorder::new();
+        for i in 0..10_000u64 {
+            r.record(Phase::Rtt, Duration::from_micros(180 + i % 40));
+        }
+        assert!(r.heap_bytes() < 200, "{} bytes", r.heap_bytes());
+        let s = r.summary(Phase::Rtt);
+        assert!((175..=225).contains(&s.p50_us), "{s:?}");
+        assert_eq!(s.max_us, 219);
     }
 }

@@ -5,8 +5,9 @@ use std::collections::{vec_deque, VecDeque};
 
 use serde::{Serialize, Serializer};
 
-/// The newest `capacity` items pushed, oldest first. Memory is allocated once, at
-/// creation, and never grows.
+/// The newest `capacity` items pushed, oldest first. Memory grows with the items (a
+/// check that never changes state holds no transition) and never past `capacity`
+/// slots.
 #[derive(Clone, Debug)]
 pub struct Ring<T> {
     items: VecDeque<T>,
@@ -18,9 +19,18 @@ impl<T> Ring<T> {
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            items: VecDeque::with_capacity(capacity),
+            items: VecDeque::new(),
             capacity,
         }
+    }
+
+    /// Hold at most `capacity` items from now on (the oldest are dropped).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        while self.items.len() > capacity {
+            self.items.pop_front();
+        }
+        self.capacity = capacity;
+        self.items.shrink_to(capacity);
     }
 
     /// Append `item`, dropping the oldest item when full.
@@ -30,6 +40,10 @@ impl<T> Ring<T> {
         }
         if self.items.len() == self.capacity {
             self.items.pop_front();
+        } else if self.items.len() == self.items.capacity() {
+            // Grow by doubling, but never past `capacity` slots.
+            let want = (self.items.len() * 2).max(1).min(self.capacity);
+            self.items.reserve_exact(want - self.items.len());
         }
         self.items.push_back(item);
     }
@@ -52,8 +66,8 @@ impl<T> Ring<T> {
         self.capacity
     }
 
-    /// Slots actually allocated (stays at least `capacity` and never grows past what
-    /// the first allocation gave; exposed so tests can check the memory bound).
+    /// Slots actually allocated (never more than `capacity`, rounded up by the
+    /// allocator's minimum; exposed so tests can check the memory bound).
     #[must_use]
     pub fn allocated(&self) -> usize {
         self.items.capacity()

@@ -32,7 +32,10 @@
 //! `created_wall + (now - created)`, so they follow tokio's (possibly paused) clock.
 //! Serialised instants are `*_ms`: milliseconds since this state was created.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Serialize, Serializer};
 use tokio::time::Instant;
@@ -167,7 +170,8 @@ pub struct LastResult {
 /// Health state machine, history and latency of one check.
 #[derive(Clone, Debug)]
 pub struct CheckHealth {
-    spec: CheckSpec,
+    /// Shared with the daemon's check table (one copy per check).
+    spec: Arc<CheckSpec>,
     state: Health,
     created: Instant,
     created_wall: SystemTime,
@@ -182,21 +186,72 @@ pub struct CheckHealth {
     recent: Ring<(bool, Reason)>,
     last: Option<LastResult>,
     results_seen: u64,
-    history: Ring<HistoryEntry>,
+    /// Compact results (see [`Slot`]); [`CheckHealth::history`] expands them.
+    history: Ring<Slot>,
     transitions: Ring<Transition>,
     latency: LatencyRecorder,
+}
+
+/// One result of the history in 16 bytes (a [`HistoryEntry`] takes 72): the low 32
+/// bits of the sequence number and of `at_ms` (the full values are rebuilt from the
+/// latest result, which the history's entries are within 2^32 of), the RTT in whole
+/// microseconds (`u32::MAX`: none; longer RTTs saturate at ~71 minutes), the reason's
+/// label as an index into [`reason_labels`], success and clock.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    seq: u32,
+    at_ms: u32,
+    rtt_us: u32,
+    reason: u8,
+    ok: bool,
+    kernel_clock: bool,
+}
+
+/// Labels of the reasons seen so far, interned: a [`Slot`] keeps an index (reason
+/// labels are a small fixed set of `&'static str`).
+fn reason_index(label: &'static str) -> u8 {
+    let mut labels = REASON_LABELS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(i) = labels.iter().position(|l| *l == label) {
+        return u8::try_from(i).unwrap_or(u8::MAX);
+    }
+    labels.push(label);
+    u8::try_from(labels.len() - 1).unwrap_or(u8::MAX)
+}
+
+fn reason_label(i: u8) -> &'static str {
+    REASON_LABELS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(usize::from(i))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+static REASON_LABELS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// Results kept to explain a transition of a check with `thresholds`: the longest run
+/// a transition can cite (rise or fall, or the window), at most
+/// [`MAX_DECIDING_RESULTS`].
+fn deciding_capacity(thresholds: Thresholds) -> usize {
+    let n = match thresholds {
+        Thresholds::Consecutive { rise, fall } => rise.max(fall),
+        Thresholds::Window { window, .. } => window,
+    };
+    usize::try_from(n).map_or(MAX_DECIDING_RESULTS, |n| n.clamp(1, MAX_DECIDING_RESULTS))
 }
 
 impl CheckHealth {
     /// State of `spec` at `now`, starting at `spec.initial`, with default history sizes.
     #[must_use]
     pub fn new(spec: &CheckSpec, now: Instant) -> Self {
-        Self::with_config(spec, now, HealthConfig::default())
+        Self::with_config(Arc::new(spec.clone()), now, HealthConfig::default())
     }
 
     /// Like [`CheckHealth::new`] with explicit history sizes.
     #[must_use]
-    pub fn with_config(spec: &CheckSpec, now: Instant, config: HealthConfig) -> Self {
+    pub fn with_config(spec: Arc<CheckSpec>, now: Instant, config: HealthConfig) -> Self {
         Self::with_clock(spec, now, SystemTime::now(), config)
     }
 
@@ -204,14 +259,15 @@ impl CheckHealth {
     /// (deterministic display times in tests).
     #[must_use]
     pub fn with_clock(
-        spec: &CheckSpec,
+        spec: Arc<CheckSpec>,
         now: Instant,
         wall_now: SystemTime,
         config: HealthConfig,
     ) -> Self {
         Self {
-            spec: spec.clone(),
             state: spec.initial.into(),
+            recent: Ring::new(deciding_capacity(spec.thresholds)),
+            spec,
             created: now,
             created_wall: wall_now,
             since: now,
@@ -219,7 +275,6 @@ impl CheckHealth {
             consecutive_fail: 0,
             window_bits: 0,
             window_seen: 0,
-            recent: Ring::new(MAX_DECIDING_RESULTS),
             last: None,
             results_seen: 0,
             history: Ring::new(config.history),
@@ -251,14 +306,18 @@ impl CheckHealth {
         self.results_seen += 1;
         self.recent.push((ok, result.reason.clone()));
         let at_ms = self.ms_since_created(now);
-        self.history.push(HistoryEntry {
-            seq: result.seq,
+        #[allow(clippy::cast_possible_truncation)]
+        self.history.push(Slot {
+            seq: result.seq as u32,
+            at_ms: at_ms as u32,
+            rtt_us: result.rtt.map_or(u32::MAX, |d| {
+                u32::try_from(d.as_micros())
+                    .unwrap_or(u32::MAX - 1)
+                    .min(u32::MAX - 1)
+            }),
+            reason: reason_index(result.reason.label()),
             ok,
-            reason: result.reason.label(),
-            rtt: result.rtt,
-            clock: result.clock,
-            at: now,
-            at_ms,
+            kernel_clock: result.clock == Clock::Kernel,
         });
         self.last = Some(LastResult {
             seq: result.seq,
@@ -458,8 +517,56 @@ impl CheckHealth {
 
     /// The last [`HealthConfig::history`] results, oldest first.
     #[must_use]
-    pub fn history(&self) -> &Ring<HistoryEntry> {
-        &self.history
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        let Some(last) = &self.last else {
+            return Vec::new();
+        };
+        #[allow(clippy::cast_possible_truncation)]
+        let (seq_low, at_low) = (last.seq as u32, last.at_ms as u32);
+        self.history
+            .iter()
+            .map(|s| {
+                let at_ms = last
+                    .at_ms
+                    .saturating_sub(u64::from(at_low.wrapping_sub(s.at_ms)));
+                HistoryEntry {
+                    seq: last
+                        .seq
+                        .saturating_sub(u64::from(seq_low.wrapping_sub(s.seq))),
+                    ok: s.ok,
+                    reason: reason_label(s.reason),
+                    rtt: (s.rtt_us != u32::MAX).then(|| Duration::from_micros(u64::from(s.rtt_us))),
+                    clock: if s.kernel_clock {
+                        Clock::Kernel
+                    } else {
+                        Clock::Userspace
+                    },
+                    at: self.created + Duration::from_millis(at_ms),
+                    at_ms,
+                }
+            })
+            .collect()
+    }
+
+    /// Results held in the history.
+    #[must_use]
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Heap bytes held by this check's state beyond the struct itself (histories and
+    /// histograms; the spec is shared and not counted): the memory bound's tests.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.history.allocated() * std::mem::size_of::<Slot>()
+            + self.recent.allocated() * std::mem::size_of::<(bool, Reason)>()
+            + self.transitions.allocated() * std::mem::size_of::<Transition>()
+            + self
+                .transitions
+                .iter()
+                .map(|t| t.results.capacity() * std::mem::size_of::<(bool, Reason)>())
+                .sum::<usize>()
+            + self.latency.heap_bytes()
     }
 
     /// The last [`HealthConfig::transitions`] transitions, oldest first.
@@ -482,7 +589,8 @@ impl CheckHealth {
 
     /// Adopt `spec` keeping all state (the caller checked that the probe definition,
     /// target and probe, is unchanged). New thresholds apply from the next result.
-    pub(super) fn set_spec(&mut self, spec: CheckSpec) {
+    pub(super) fn set_spec(&mut self, spec: Arc<CheckSpec>) {
+        self.recent.set_capacity(deciding_capacity(spec.thresholds));
         self.spec = spec;
     }
 

@@ -99,6 +99,7 @@ fn input() -> MetricsInput {
         },
         kernel: Some(kernel),
         cluster: None,
+        refused_checks: 0,
     }
 }
 

@@ -200,3 +200,47 @@ async fn add_and_remove_over_a_connection() {
         Some("application/json")
     );
 }
+
+/// `serve_stream` (what the fuzz target drives) serves a connection on any byte stream
+/// exactly as the server does: same answers, same refusals, same Host rule.
+#[tokio::test]
+async fn serve_stream_is_the_server_path() {
+    let f = fixture(ApiOptions::default());
+    for (request, tcp, status) in [
+        (get("/v1/info"), true, 200),
+        (
+            b"GET /v1/info HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_vec(),
+            true,
+            400,
+        ),
+        (
+            b"GET /v1/info HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_vec(),
+            false,
+            200,
+        ),
+        (with_body("POST", "/v1/reload", None, ""), false, 401),
+        (b"BAD\r\n\r\n".to_vec(), false, 400),
+    ] {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let control: std::sync::Arc<dyn crate::api::Control> = f.control.clone();
+        let serve = tokio::spawn(crate::api::server::serve_stream(
+            server,
+            control,
+            TOKEN,
+            ApiOptions::default(),
+            tcp,
+        ));
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut raw = Vec::new();
+        client.read_to_end(&mut raw).await.unwrap();
+        serve.await.unwrap();
+        let (h, b) = split(&raw);
+        assert_eq!(
+            h.status,
+            status,
+            "{}: {b}",
+            String::from_utf8_lossy(&request)
+        );
+    }
+}

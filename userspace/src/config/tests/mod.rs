@@ -503,3 +503,34 @@ fn durations_in_the_file() {
         "timeout 0s is out of range; expected 1ms to 1h",
     );
 }
+
+#[test]
+fn target_policy_refuses_denied_and_unlisted_targets_where_they_are_written() {
+    let head =
+        "[daemon]\nallow_targets = [\"198.18.0.0/15\"]\ndeny_targets = [\"198.18.9.0/24\"]\n";
+    let ok = parse_ok(&format!(
+        "{head}[[check]]\nid = \"a\"\ntarget = \"198.18.0.2:80\"\nkind = \"tcp_connect\"\n"
+    ));
+    assert_eq!(ok.checks.len(), 1);
+    assert_eq!(ok.daemon.policy.deny[0].to_string(), "198.18.9.0/24");
+    // Line 6 holds the target of the denied check; line 10 that of the unlisted one.
+    let text = format!(
+        "{head}[[check]]\nid = \"a\"\ntarget = \"198.18.9.7:80\"\nkind = \"tcp_connect\"\n\
+         [[check]]\nid = \"b\"\ntarget = \"192.0.2.1:80\"\nkind = \"tcp_connect\"\n"
+    );
+    assert_problem(&text, 6, "check[0].target", "denied network 198.18.9.0/24");
+    assert_problem(&text, 10, "check[1].target", "no allowed network");
+    // Malformed lists say where and what.
+    assert_problem(
+        "[daemon]\nallow_targets = [\"198.18.0.1/15\"]\n",
+        2,
+        "daemon.allow_targets[0]",
+        "host bits",
+    );
+    assert_problem(
+        "[daemon]\ndeny_targets = \"10.0.0.0/8\"\n",
+        2,
+        "daemon.deny_targets",
+        "list of networks",
+    );
+}

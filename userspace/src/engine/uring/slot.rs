@@ -418,6 +418,18 @@ impl Slot {
 
     /// React to one completion; push follow-up operations into `ops`.
     pub(super) fn complete(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
+        self.complete_op(tag, res, ops);
+        // An operation that finds its data already queued completes at submission and
+        // never waits on its linked timeout, so a peer streaming faster than we read
+        // (an endless body) would hold the probe past its deadline: check it before
+        // asking for more.
+        if self.verdict.is_none() && !ops.is_empty() && self.elapsed() >= self.job.spec.timeout {
+            ops.clear();
+            self.decide(Reason::Timeout);
+        }
+    }
+
+    fn complete_op(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
         if tag == TAG_TIMEOUT || self.verdict.is_some() {
             return;
         }
@@ -425,7 +437,7 @@ impl Slot {
             let phase = match tag {
                 TAG_CONNECT => "connect",
                 TAG_SEND => "send",
-                _ => "recv",
+                _ => self.recv_phase(),
             };
             self.decide(errno_reason(-res, phase));
             return;
@@ -473,6 +485,19 @@ impl Slot {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Where the exchange stood when a receive failed (the peer reset the
+    /// connection): for HTTP(S) the same phases a clean close reports (`tls` during
+    /// the handshake, `headers` before the final response head was complete, `body`
+    /// after it), so a reset and a FIN at the same point read alike; `recv` otherwise.
+    fn recv_phase(&self) -> &'static str {
+        match &self.kind {
+            Kind::Http(h) if h.tls.as_ref().is_some_and(|c| c.is_handshaking()) => "tls",
+            Kind::Http(h) if h.parser.partial().is_some() => "body",
+            Kind::Http(_) => "headers",
+            _ => "recv",
         }
     }
 
@@ -546,9 +571,9 @@ impl Slot {
         if let Some(conn) = h.tls.as_mut() {
             if n == 0 {
                 if conn.is_handshaking() {
-                    verdict = Some(Reason::Tls {
-                        detail: "connection closed during the TLS handshake".into(),
-                    });
+                    // The peer went away, it did not refuse TLS: the same reason as a
+                    // reset at this point (see `recv_phase`).
+                    verdict = Some(Reason::ConnectionClosed { phase: "tls" });
                 }
             } else if let Err(e) = tls::feed(conn, data, &mut h.plain) {
                 verdict = Some(Reason::Tls {
