@@ -10,7 +10,8 @@
 //!   health appears in `sonde status --etcd`.
 //! - `sonde watch --etcd --json`, started before the target goes down, streams the
 //!   replicas' opinions and the cluster verdict going unhealthy and back.
-//! - `sonde check rm --etcd` stops it everywhere; removing an unknown id fails clearly.
+//! - `sonde check rm --etcd` stops it everywhere, the leader deletes its verdict and
+//!   opinions; removing an unknown id fails clearly.
 
 use std::{
     collections::BTreeSet,
@@ -423,6 +424,23 @@ fn checks_added_through_etcd_are_assigned_probed_judged_and_watched() {
                 .then_some(())
         },
     );
+    // The leader deletes its records: no verdict or opinion of web-a stays in etcd.
+    let (_, t_clean) = wait_for(
+        "web-a's verdict and opinions deleted",
+        Duration::from_secs(5),
+        || {
+            let left = etcd
+                .get_prefix("/sonde/obs/web-a/")
+                .unwrap_or_default()
+                .len()
+                + etcd
+                    .get_prefix("/sonde/health/web-a")
+                    .unwrap_or_default()
+                    .len();
+            (left == 0).then_some(())
+        },
+    );
+    println!("web-a removed: its records deleted from etcd after {t_clean:?}");
     let again = sonde(cli, &etcd, &["check", "remove", "web-a"]);
     assert_eq!(again.code, 1, "unknown id: {}", again.stderr);
     assert!(

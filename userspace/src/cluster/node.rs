@@ -628,6 +628,7 @@ impl Node {
             started: tokio::time::Instant::now(),
             defs: (None, Arc::default()),
             opinions: (None, Arc::default()),
+            swept_for: None,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -853,6 +854,67 @@ impl Node {
                 st.health.insert(c.clone(), *h);
             }
         }
+        self.sweep(term, leader_key, st, &defs, &opinions).await
+    }
+
+    /// Delete the records of removed checks: their verdict and every replica's opinion
+    /// (they would pile up in etcd, and a check added again under the same id must start
+    /// without a verdict). Fenced like every leader write; runs only when the
+    /// definitions, the opinions or the assignment changed. Opinions of nodes that merely
+    /// stopped holding a check are kept: quorum ignores them, and deleting them while a
+    /// node's queued opinions are still on their way (etcd outage, re-registration)
+    /// would put deletions into a replica's history.
+    async fn sweep(
+        &self,
+        term: i64,
+        leader_key: &[u8],
+        st: &mut LeaderState,
+        defs: &Defs,
+        opinions: &Opinions,
+    ) -> Result<Round, EtcdError> {
+        let fence = || Compare::create_revision(leader_key.to_vec(), CompareOp::Equal, term);
+        let inputs = (st.defs.0, st.opinions.0, st.assigned_for.clone());
+        if st.swept_for.as_ref() == Some(&inputs) {
+            return Ok(Round::Done);
+        }
+        let mut keys: Vec<String> = Vec::new();
+        for (check, ops) in opinions.iter().filter(|(c, _)| !defs.contains_key(*c)) {
+            keys.extend(ops.iter().map(|o| self.keys.observation(check, &o.node)));
+        }
+        let gone: Vec<CheckId> = st
+            .health
+            .keys()
+            .filter(|c| !defs.contains_key(*c))
+            .cloned()
+            .collect();
+        keys.extend(gone.iter().map(|c| self.keys.health(c)));
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            if !self.may_lead() {
+                return Ok(Round::PastDeadline);
+            }
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect();
+            let resp = self
+                .etcd
+                .txn("sweep", Txn::new().when(vec![fence()]).and_then(ops))
+                .await?;
+            if !resp.succeeded() {
+                return Ok(Round::FencedOut);
+            }
+        }
+        if !keys.is_empty() {
+            info!(
+                term,
+                deleted = keys.len(),
+                "records of removed checks deleted"
+            );
+        }
+        for c in &gone {
+            st.health.remove(c);
+        }
+        st.swept_for = Some(inputs);
         Ok(Round::Done)
     }
 
@@ -928,7 +990,14 @@ struct LeaderState {
     defs: (Option<Stamp>, Arc<Defs>),
     /// The replicas' opinions and the stamp of `P/obs/` they were read at.
     opinions: (Option<Stamp>, Arc<Opinions>),
+    /// What the last sweep of removed checks' records ran for (definitions, opinions,
+    /// assignment).
+    swept_for: Option<SweepInputs>,
 }
+
+/// The inputs of a sweep: stamps of the definitions and opinions, and what the
+/// assignment was computed for.
+type SweepInputs = (Option<Stamp>, Option<Stamp>, Option<AssignInputs>);
 
 /// Opinions per check.
 type Opinions = BTreeMap<CheckId, Vec<Opinion>>;
