@@ -330,6 +330,14 @@ fn checks_added_through_etcd_are_assigned_probed_judged_and_watched() {
         table.stdout
     );
     println!("{}", table.stdout);
+    let show = sonde(cli, &etcd, &["check", "show", "web-a"]);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    assert!(
+        show.stdout.contains("HEALTHY (2 of 2")
+            && holders.iter().all(|n| show.stdout.contains(n.as_str())),
+        "show names the verdict and the replicas: {}",
+        show.stdout
+    );
 
     // Watch from now on; then the target goes down and comes back.
     let watch_out = dir.0.join("watch.jsonl");
