@@ -283,3 +283,89 @@ fn assignment_balance_join_and_leader_failover() {
     );
     drop(nodes);
 }
+
+/// Many verdicts decided in one leader round: a node restarts into a cluster whose
+/// opinions are in etcd (300 checks, its own opinions from before) but whose verdicts
+/// are not (e.g. deleted by an operator). Its first round decides all 300 at once; etcd
+/// refuses transactions of more than 128 operations, so they must be written in chunks
+/// (a single transaction failed forever and no verdict ever appeared).
+#[test]
+fn hundreds_of_verdicts_decided_in_one_round_are_written() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("cluster-bulk");
+    let sw = Switch::new().expect("switch");
+    let etcd_host = Netns::new("etcd").expect("etcd ns");
+    sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
+        .expect("attach etcd");
+    let etcd = NsEtcd::start(
+        &etcd_host,
+        Ipv4Addr::new(198, 18, 1, 10),
+        3,
+        23790,
+        dir.0.join("etcd"),
+    )
+    .expect("etcd");
+    let target = Netns::new("tgt").expect("target ns");
+    sw.attach(&target, Ipv4Addr::new(198, 18, 1, 100), 24)
+        .expect("attach target");
+    target
+        .add_local_route("198.19.0.0/16")
+        .expect("local range");
+    let _web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("http");
+    const N: usize = 300;
+    let mut ops = String::new();
+    for i in 0..N {
+        let check = serde_json::json!({
+            "check": {"id": format!("b{i:03}"), "target": format!("198.19.{}.{}:80", i / 250, i % 250 + 1), "kind": "tcp_connect", "interval": "30s", "timeout": "300ms"},
+            "replicas": 1
+        });
+        let obs =
+            serde_json::json!({"health": "healthy", "reason": {"reason": "ok"}, "at_unix_ms": 1});
+        // etcdctl txn syntax: one request per line, values quoted.
+        ops.push_str(&format!(
+            "put /sonde/checks/b{i:03} {}\nput /sonde/obs/b{i:03}/n1 {}\n",
+            serde_json::Value::String(check.to_string()),
+            serde_json::Value::String(obs.to_string()),
+        ));
+    }
+    // Batches of 100 requests (etcd's limit is 128 per transaction).
+    let lines: Vec<&str> = ops.lines().collect();
+    for chunk in lines.chunks(100) {
+        let script = format!("\n{}\n\n\n", chunk.join("\n"));
+        let file = dir.0.join("txn");
+        std::fs::write(&file, script).expect("txn file");
+        let eps = etcd.endpoints().join(",");
+        let out = etcd_host
+            .exec_unchecked(&[
+                "sh",
+                "-c",
+                &format!(
+                    "ETCDCTL_API=3 etcdctl --endpoints {eps} txn < {}",
+                    file.display()
+                ),
+            ])
+            .expect("etcdctl txn");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS"),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(etcd.get_prefix("/sonde/obs/").expect("obs").len(), N);
+    let endpoints = etcd.endpoints().join(",");
+    let node = start_node(&sw, 1, &endpoints, &dir);
+    let (_, took) = wait_for(
+        "a healthy verdict for every check",
+        Duration::from_secs(15),
+        || {
+            let h = etcd.get_prefix("/sonde/health/").unwrap_or_default();
+            (h.len() == N && h.iter().all(|(_, v)| v.contains("\"health\":\"healthy\"")))
+                .then_some(())
+        },
+    );
+    println!("{N} verdicts decided from the stored opinions, written after {took:?}");
+    drop(node);
+}

@@ -11,6 +11,11 @@
 //! 5. SIGSTOP the sonde leader past its lease TTL, change the check set, SIGCONT: every
 //!    assignment/health/suspect write after it is the new leader's (the old leader's
 //!    writes are fenced out); the old leader rejoins as a follower and runs its share.
+//! 8. The sonde leader cut off from etcd (nftables drop in its namespace, targets still
+//!    reachable): it reports itself not leader (`sonde_cluster_acting_leader` 0 on its own
+//!    /metrics, "stepping down" in its log) before its lease TTL has passed and before
+//!    etcd expires its registration; a new leader emerges elsewhere; once the link
+//!    returns it rejoins as a follower and runs its share (times reported).
 //! 6. One node cut off from all targets (its route to 198.19.0.0/16 removed, its link to
 //!    etcd kept): no target is marked unhealthy, the node becomes suspect; when its route
 //!    returns the suspicion is lifted after the hold-down and its opinion counts again.
@@ -216,6 +221,24 @@ impl Node {
                 )
             })
             .collect()
+    }
+
+    /// A metric of its `/metrics` (first sample of `name`, any labels).
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.daemon.client().metrics().ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Whether it reports itself the cluster leader (`sonde_cluster_acting_leader`).
+    fn reports_leader(&self) -> Option<bool> {
+        self.metric("sonde_cluster_acting_leader").map(|v| v > 0.5)
     }
 
     /// Checks this node runs now, with their local state.
@@ -869,18 +892,178 @@ fn stopped_sonde_leader_is_fenced_out_and_rejoins() {
          fenced write refused: {fenced}, stepped down: {stepped} ({:?} after SIGCONT)",
         resumed.elapsed()
     );
-    // Which of these the woken node logs first is a race (its lease keeper, its leader
-    // loop and its campaign wake together); the strict proof of fencing is the etcd
-    // history above: no write after the SIGCONT carries the old term.
-    let lost = log.contains("membership lease lost");
+    // The woken node's own clock says its lead deadline passed while it slept: it steps
+    // down before anything else of its leader loop runs (the strict proof of fencing is
+    // the etcd history above: no write after the SIGCONT carries the old term).
     assert!(
-        fenced || stepped || lost,
-        "{old} noticed it is no longer leader; log:\n{log}"
+        stepped,
+        "{old} noticed on its own clock that it is no longer leader; log:\n{log}"
+    );
+    assert_eq!(
+        old_node.reports_leader(),
+        Some(false),
+        "{old} reports not-leader"
     );
     let words = ["elected", "fenced", "stepping", "registered", "lease lost"];
     for line in log.lines().filter(|l| words.iter().any(|w| l.contains(w))) {
         println!("  {old}: {line}");
     }
+    drop(nodes);
+}
+
+#[test]
+fn leader_cut_off_from_etcd_steps_down_before_its_lease_ttl() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("cf-cut");
+    let etcd = lab.etcd();
+    const CHECKS: usize = 12;
+    put_checks(&etcd, CHECKS, 2);
+    let nodes = lab.nodes(&etcd, 3);
+    wait_ready(&etcd, &nodes, CHECKS, 2);
+    let (old, _) = wait_for("a sonde leader", Duration::from_secs(5), || {
+        sonde_leader(&etcd)
+    });
+    let cut = nodes.iter().find(|n| n.id == old).expect("leader node");
+    let (_, _) = wait_for(
+        &format!("{old} reports itself leader"),
+        Duration::from_secs(5),
+        || cut.reports_leader().filter(|l| *l),
+    );
+    for n in nodes.iter().filter(|n| n.id != old) {
+        assert_eq!(n.reports_leader(), Some(false), "{} is a follower", n.id);
+    }
+
+    // Cut it off from every etcd member; the targets stay reachable.
+    let etcd_addr = "198.18.1.10";
+    cut.ns
+        .nft("add table inet cut")
+        .and_then(|()| {
+            cut.ns
+                .nft("add chain inet cut out { type filter hook output priority 0; }")
+        })
+        .and_then(|()| {
+            cut.ns
+                .nft("add chain inet cut in { type filter hook input priority 0; }")
+        })
+        .expect("nft table");
+    let t0 = Instant::now();
+    cut.ns
+        .nft(&format!("add rule inet cut out ip daddr {etcd_addr} drop"))
+        .and_then(|()| {
+            cut.ns
+                .nft(&format!("add rule inet cut in ip saddr {etcd_addr} drop"))
+        })
+        .expect("nft drop");
+    println!("{old} (leader) cut off from etcd");
+
+    // Poll the three things a user would look at, each as soon as it happens.
+    let ttl = Duration::from_secs(TTL_SECS);
+    let (mut t_stepdown, mut t_gone, mut t_new) = (None, None, None);
+    let mut new = None;
+    while t_stepdown.is_none() || t_gone.is_none() || t_new.is_none() {
+        assert!(
+            t0.elapsed() < ttl + Duration::from_secs(10),
+            "after {:?}: stepped down {t_stepdown:?}, registration gone {t_gone:?}, new \
+             leader {t_new:?}; log of {old}:\n{}",
+            t0.elapsed(),
+            cut.log()
+        );
+        if t_stepdown.is_none() && cut.reports_leader() == Some(false) {
+            t_stepdown = Some(t0.elapsed());
+        }
+        if t_gone.is_none() && !live_nodes(&etcd).contains(&old) {
+            t_gone = Some(t0.elapsed());
+        }
+        if t_new.is_none() {
+            if let Some(l) = sonde_leader(&etcd).filter(|l| *l != old) {
+                new = Some(l);
+                t_new = Some(t0.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (t_stepdown, t_gone, t_new) = (
+        t_stepdown.expect("set"),
+        t_gone.expect("set"),
+        t_new.expect("set"),
+    );
+    let new = new.expect("new leader");
+    println!(
+        "{old} cut off: reports not-leader after {t_stepdown:?} (TTL {ttl:?}, own deadline 2/3 \
+         TTL after its last renewal); etcd expired its registration after {t_gone:?}; new \
+         leader {new} after {t_new:?} (times since the cut)"
+    );
+    assert!(
+        t_stepdown < ttl,
+        "{old} stepped down after {t_stepdown:?}, not before its lease TTL {ttl:?}"
+    );
+    assert!(
+        t_stepdown < t_gone,
+        "{old} stepped down ({t_stepdown:?}) before etcd expired its lease ({t_gone:?})"
+    );
+    assert!(
+        t_stepdown < t_new,
+        "{old} stepped down ({t_stepdown:?}) before {new} was elected ({t_new:?})"
+    );
+    let log = cut.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stepping down"))
+        .unwrap_or_else(|| panic!("{old} logs its step down; log:\n{log}"));
+    println!("  {old}: {line}");
+    assert!(
+        cut.metric("sonde_cluster_stepdowns_total")
+            .is_some_and(|v| v >= 1.0),
+        "{old} counts its step down"
+    );
+    let new_node = nodes.iter().find(|n| n.id == new).expect("new leader node");
+    wait_for(
+        &format!("{new} reports itself leader"),
+        Duration::from_secs(5),
+        || new_node.reports_leader().filter(|l| *l),
+    );
+    // The cut node keeps probing its last assignment meanwhile.
+    assert!(
+        !cut.states().is_empty(),
+        "{old} keeps probing while cut off"
+    );
+
+    // The link returns: it rejoins as a follower and runs its share.
+    let t1 = Instant::now();
+    cut.ns.nft("delete table inet cut").expect("nft delete");
+    let (share, t_rejoin) = wait_for(
+        &format!("{old} rejoins and gets a share"),
+        Duration::from_secs(20),
+        || {
+            let a = assignment(&etcd);
+            let r = replicas_of(&a);
+            (live_nodes(&etcd).contains(&old)
+                && a.len() == 3
+                && a.get(&old)
+                    .is_some_and(|x| !x.checks.is_empty() && x.leader == new)
+                && r.len() == CHECKS
+                && r.values().all(|s| s.len() == 2))
+            .then(|| a[&old].checks.clone())
+        },
+    );
+    wait_for(
+        &format!("{old} runs its share"),
+        Duration::from_secs(10),
+        || {
+            let running: BTreeSet<String> = cut.states().into_keys().collect();
+            (running == share).then_some(())
+        },
+    );
+    assert_eq!(cut.reports_leader(), Some(false), "{old} is a follower");
+    assert_eq!(sonde_leader(&etcd).as_deref(), Some(new.as_str()));
+    println!(
+        "link back: {old} registered again with {} checks after {t_rejoin:?}, as a follower of {new}",
+        share.len()
+    );
+    let _ = t1;
     drop(nodes);
 }
 

@@ -427,3 +427,22 @@ async fn election_lease_loss_and_compaction() {
         (rd, b"/d/k".to_vec(), None)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_stamp_moves_on_every_put_and_delete() {
+    let cluster = EtcdCluster::start(1).expect("start etcd");
+    block(|| cluster.wait_healthy(Duration::from_secs(5))).expect("healthy");
+    let etcd = Etcd::connect(&cluster.endpoints(), opts()).await.unwrap();
+    assert_eq!(etcd.prefix_stamp("/s/").await.unwrap(), (0, 0));
+    let r1 = etcd.put("/s/a", "1", None).await.unwrap();
+    let r2 = etcd.put("/s/b", "1", None).await.unwrap();
+    etcd.put("/t/outside", "1", None).await.unwrap();
+    let s = etcd.prefix_stamp("/s/").await.unwrap();
+    assert_eq!(s, (2, r2), "count and highest mod revision ({r1}, {r2})");
+    assert_eq!(etcd.prefix_stamp("/s/").await.unwrap(), s, "unchanged");
+    // An update of an older key raises the maximum; a delete lowers the count.
+    let r3 = etcd.put("/s/a", "2", None).await.unwrap();
+    assert_eq!(etcd.prefix_stamp("/s/").await.unwrap(), (2, r3));
+    etcd.delete("/s/a").await.unwrap();
+    assert_eq!(etcd.prefix_stamp("/s/").await.unwrap(), (1, r2));
+}

@@ -39,6 +39,7 @@ pub enum CheckCommand {
     /// Add a check, from a JSON file shaped like a `[[check]]` table, or from flags.
     Add(Box<AddArgs>),
     /// Remove a check.
+    #[command(alias = "remove")]
     Rm {
         /// The check id.
         id: String,
@@ -82,6 +83,13 @@ pub struct AddArgs {
     /// DNS name to query (dns).
     #[arg(long, value_name = "NAME")]
     pub dns_name: Option<String>,
+    /// With --etcd: nodes that probe the check (default 2).
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
+    /// With --etcd: how the replicas' opinions become the cluster's verdict: majority
+    /// (default), any, all, or a number N (at least N replicas agree).
+    #[arg(long, value_name = "RULE")]
+    pub quorum: Option<String>,
 }
 
 impl AddArgs {
@@ -280,6 +288,12 @@ pub fn run(client: &Client, args: &CheckArgs, out: &mut dyn Write) -> Result<Exi
             Ok(Exit::Success)
         }
         CheckCommand::Add(add) => {
+            if add.replicas.is_some() || add.quorum.is_some() {
+                return Err(ClientError::Input(
+                    "--replicas and --quorum apply to checks stored in etcd: give --etcd URLS"
+                        .into(),
+                ));
+            }
             let body = add.to_json().map_err(ClientError::Input)?;
             let value = client.call("POST", "/v1/checks", Some(&body))?;
             emit(out, &format!("added {}\n", fmt::str_of(&value, "id")));

@@ -1,30 +1,100 @@
-//! `sonde nodes` and `sonde leader`: the cluster as etcd holds it.
+//! `sonde nodes` and `sonde leader`: the cluster as etcd holds it; and [`EtcdArgs`], how
+//! every command that talks to etcd finds it (`sonde run`, `check`, `status`, `watch`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::cluster::{
-    etcd::{Etcd, EtcdOptions},
+    etcd::{Etcd, EtcdOptions, EtcdTls},
     keys::{AssignmentRecord, Keys, NodeRecord},
 };
 
-/// Where the cluster is.
+/// Where the cluster's etcd is and how to log in: the same global options for the daemon
+/// (`sonde run --etcd`: cluster mode) and for the client commands (`sonde check|status|
+/// watch --etcd`: the cluster instead of the local daemon; `sonde nodes|leader`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs (comma-separated): cluster mode; client commands then read and
+    /// write the cluster in etcd instead of asking the local daemon.
+    #[arg(long, value_delimiter = ',', value_name = "URLS", global = true)]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/sonde", global = true)]
+    pub prefix: String,
+    /// etcd user (with --etcd-password).
+    #[arg(long, global = true)]
+    pub etcd_user: Option<String>,
+    /// etcd password.
+    #[arg(long, global = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate of etcd's TLS (PEM); enables TLS.
+    #[arg(long, global = true)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (PEM).
+    #[arg(long, global = true)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (PEM).
+    #[arg(long, global = true)]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// True when `--etcd` was given.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+
+    /// Connection settings: defaults plus user, password and TLS.
+    #[must_use]
+    pub fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            user: self.etcd_user.clone(),
+            password: self.etcd_password.clone(),
+            tls: self.etcd_ca.as_ref().map(|ca| EtcdTls {
+                ca: ca.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+            }),
+            ..EtcdOptions::default()
+        }
+    }
+
+    /// The key layout under `--prefix`.
+    #[must_use]
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
+    /// Connect (etcd need not answer yet; calls retry across the endpoints).
+    ///
+    /// # Errors
+    /// No `--etcd`, invalid options or endpoints, rejected credentials.
+    pub async fn connect(&self) -> Result<Etcd> {
+        if self.etcd.is_empty() {
+            bail!("--etcd URLS is needed (the cluster's etcd client URLs)");
+        }
+        Etcd::connect(&self.etcd, self.options())
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.etcd.join(",")))
+    }
+}
+
+/// Arguments of `sonde nodes` and `sonde leader` (etcd: the global `--etcd` options).
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
-    /// etcd client URLs (comma-separated).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
-    /// Key prefix.
-    #[arg(long, default_value = "/sonde")]
-    pub prefix: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// A small runtime for a client command that talks to etcd.
+///
+/// # Errors
+/// The runtime cannot start.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,10 +105,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 ///
 /// # Errors
 /// etcd unreachable.
-pub fn nodes(a: &ClusterArgs) -> Result<()> {
+pub fn nodes(a: &ClusterArgs, e: &EtcdArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let etcd = Etcd::connect(&a.etcd, EtcdOptions::default()).await.context("connecting to etcd")?;
-        let keys = Keys::new(&a.prefix);
+        let etcd = e.connect().await?;
+        let keys = e.keys();
         let nodes = etcd.get_prefix(keys.nodes()).await?;
         let assigns = etcd.get_prefix(keys.assigns()).await?;
         let leader = etcd.leader(keys.election()).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
@@ -79,12 +149,10 @@ pub fn nodes(a: &ClusterArgs) -> Result<()> {
 ///
 /// # Errors
 /// etcd unreachable.
-pub fn leader(a: &ClusterArgs) -> Result<()> {
+pub fn leader(a: &ClusterArgs, e: &EtcdArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let etcd = Etcd::connect(&a.etcd, EtcdOptions::default())
-            .await
-            .context("connecting to etcd")?;
-        let keys = Keys::new(&a.prefix);
+        let etcd = e.connect().await?;
+        let keys = e.keys();
         match etcd.leader(keys.election()).await? {
             Some(kv) => {
                 let id = String::from_utf8_lossy(&kv.value).into_owned();

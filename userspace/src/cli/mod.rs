@@ -3,7 +3,9 @@
 
 pub mod check;
 pub mod client;
-mod cluster;
+pub mod cluster;
+mod cluster_checks;
+mod cluster_status;
 pub mod completions;
 mod demo;
 pub mod endpoint;
@@ -42,6 +44,10 @@ pub struct Cli {
     /// How the client commands reach the daemon (--socket, --api, --token-file).
     #[command(flatten)]
     pub client: ClientOptions,
+    /// How commands reach the cluster's etcd (--etcd, --prefix, credentials): `run` in
+    /// cluster mode, `check`, `status` and `watch` against the cluster, `nodes`, `leader`.
+    #[command(flatten)]
+    pub etcd: cluster::EtcdArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -56,14 +62,17 @@ pub enum Command {
     /// sonde's main job on a lab of target namespaces (198.18.0.0/15): raw probes
     /// through the kernel path, then the daemon and `sonde status`. Needs root.
     Demo(demo::DemoArgs),
-    /// Show every check's state. Exit status: 0 if none is unhealthy, 1 if one is,
-    /// 2 if the daemon cannot be reached.
+    /// Show every check's state (with --etcd: the cluster's quorum verdicts). Exit
+    /// status: 0 if none is unhealthy, 1 if one is, 2 if the daemon (or etcd) cannot be
+    /// reached.
     Status(status::StatusArgs),
-    /// List, show, add or remove checks of the running daemon.
+    /// List, show, add or remove checks of the running daemon (with --etcd: of the
+    /// cluster, stored in etcd).
     Check(check::CheckArgs),
     /// Show a check's latest results and transitions.
     History(history::HistoryArgs),
-    /// Follow health transitions and check changes as they happen.
+    /// Follow health transitions and check changes as they happen (with --etcd: the
+    /// cluster's verdicts, opinions, suspects, checks and nodes).
     Watch(watch::WatchArgs),
     /// Validate a configuration file (no daemon needed).
     Validate(validate::ValidateArgs),
@@ -112,7 +121,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Whatever the non-client subcommands report, with context.
 pub fn run_exit(cli: Cli) -> anyhow::Result<Exit> {
     let opts = &cli.client;
+    let etcd = &cli.etcd;
     match cli.command {
+        Command::Status(a) if etcd.enabled() => cluster_status::status(etcd, &a),
+        Command::Check(a) if etcd.enabled() => cluster_checks::run(etcd, &a),
+        Command::Watch(a) if etcd.enabled() => cluster_status::watch(etcd, &a),
         Command::Probe(a) => probe::run(&a).map(|()| Exit::Success),
         Command::Demo(a) => demo::run(&a).map(|()| Exit::Success),
         Command::Status(a) => Ok(with_client(opts, |c, out| status::run(c, &a, out))),
@@ -122,9 +135,9 @@ pub fn run_exit(cli: Cli) -> anyhow::Result<Exit> {
             watch::follow(c, &a, &watch::Follow::default(), out, &mut io::stderr())
         })),
         Command::Validate(a) => Ok(validate::run(&a, &mut io::stdout(), &mut io::stderr())),
-        Command::Run(a) => run::run(&a, opts).map(|()| Exit::Success),
-        Command::Nodes(a) => cluster::nodes(&a).map(|()| Exit::Success),
-        Command::Leader(a) => cluster::leader(&a).map(|()| Exit::Success),
+        Command::Run(a) => run::run(&a, opts, etcd).map(|()| Exit::Success),
+        Command::Nodes(a) => cluster::nodes(&a, etcd).map(|()| Exit::Success),
+        Command::Leader(a) => cluster::leader(&a, etcd).map(|()| Exit::Success),
         Command::Reload { json } => Ok(with_client(opts, |c, out| reload::run(c, json, out))),
         Command::Completions(a) => completions::completions(&a).map(|()| Exit::Success),
         Command::Man(a) => completions::man(&a).map(|()| Exit::Success),

@@ -9,36 +9,16 @@ use crate::daemon::{self, RunOptions};
 /// Arguments of `sonde run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The checks file (TOML). In cluster mode (--etcd) optional, for [daemon] settings.
+    /// The checks file (TOML). In cluster mode (--etcd) optional, for [daemon] and
+    /// [defaults] (applied to the checks stored in etcd).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Cluster mode: etcd client URLs (comma-separated); checks come from etcd.
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
     /// This node's id in the cluster (default: the host name).
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Key prefix in etcd.
-    #[arg(long, default_value = "/sonde")]
-    pub prefix: String,
     /// Membership lease TTL, seconds.
     #[arg(long, default_value_t = 3)]
     pub lease_ttl: u64,
-    /// etcd user (with --etcd-password).
-    #[arg(long)]
-    pub etcd_user: Option<String>,
-    /// etcd password.
-    #[arg(long)]
-    pub etcd_password: Option<String>,
-    /// CA certificate of etcd's TLS (PEM); enables TLS.
-    #[arg(long)]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate for etcd (PEM).
-    #[arg(long)]
-    pub etcd_cert: Option<PathBuf>,
-    /// Client key for etcd (PEM).
-    #[arg(long)]
-    pub etcd_key: Option<PathBuf>,
     /// Interface the kernel programs attach to (default: the file's `[daemon] iface`,
     /// else the interface towards the first stateless target).
     #[arg(long)]
@@ -73,8 +53,12 @@ pub struct RunArgs {
 
 /// Run the daemon; the API socket and token file are the global `--socket` and
 /// `--token-file` options, so `sonde status` finds a daemon started with the same ones.
-pub(super) fn run(a: &RunArgs, client: &super::client::ClientOptions) -> anyhow::Result<()> {
-    let cluster = if a.etcd.is_empty() {
+pub(super) fn run(
+    a: &RunArgs,
+    client: &super::client::ClientOptions,
+    etcd: &super::cluster::EtcdArgs,
+) -> anyhow::Result<()> {
+    let cluster = if !etcd.enabled() {
         None
     } else {
         let node_id = match &a.node_id {
@@ -82,22 +66,12 @@ pub(super) fn run(a: &RunArgs, client: &super::client::ClientOptions) -> anyhow:
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map_or_else(|_| "sonde".into(), |h| h.trim().to_owned()),
         };
-        let tls = a.etcd_ca.as_ref().map(|ca| crate::cluster::etcd::EtcdTls {
-            ca: ca.clone(),
-            cert: a.etcd_cert.clone(),
-            key: a.etcd_key.clone(),
-        });
         Some(daemon::ClusterOptions {
-            endpoints: a.etcd.clone(),
+            endpoints: etcd.etcd.clone(),
             node_id,
-            prefix: a.prefix.clone(),
+            prefix: etcd.prefix.clone(),
             lease_ttl: std::time::Duration::from_secs(a.lease_ttl.max(1)),
-            etcd: crate::cluster::etcd::EtcdOptions {
-                user: a.etcd_user.clone(),
-                password: a.etcd_password.clone(),
-                tls,
-                ..Default::default()
-            },
+            etcd: etcd.options(),
         })
     };
     daemon::run(&RunOptions {

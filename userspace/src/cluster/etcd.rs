@@ -438,6 +438,25 @@ impl Etcd {
         })
     }
 
+    /// A cheap fingerprint of everything under `prefix`: how many keys there are and the
+    /// highest mod revision among them (one key read, no values). Any put under the
+    /// prefix raises the maximum and any delete lowers the count, so an unchanged stamp
+    /// means an unchanged prefix: re-read it only when the stamp moved.
+    pub async fn prefix_stamp(&self, prefix: impl AsRef<[u8]>) -> Result<(i64, i64), EtcdError> {
+        let opts = &ec::GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(ec::SortTarget::Mod, ec::SortOrder::Descend)
+            .with_limit(1);
+        let key = prefix.as_ref();
+        let resp = self.call("prefix_stamp", key, |mut c| async move {
+            c.get(key, Some(opts.clone())).await
+        });
+        let resp = resp.await?;
+        let max = resp.kvs().first().map_or(0, ec::KeyValue::mod_revision);
+        Ok((resp.count(), max))
+    }
+
     /// Writes `key`, attached to `lease` if given; returns the revision of the write.
     pub async fn put(
         &self,

@@ -43,6 +43,12 @@ impl Keys {
         Self { prefix: p }
     }
 
+    /// `P/`: every key of the cluster.
+    #[must_use]
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
     /// `P/nodes/`.
     #[must_use]
     pub fn nodes(&self) -> String {

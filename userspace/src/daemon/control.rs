@@ -179,23 +179,27 @@ impl Control for Shared {
 }
 
 impl crate::cluster::node::Local for Shared {
-    fn running(&self) -> std::collections::BTreeSet<CheckId> {
-        self.checks.read().keys().cloned().collect()
+    fn running(&self) -> BTreeMap<CheckId, Arc<CheckSpec>> {
+        self.checks
+            .read()
+            .iter()
+            .map(|(id, e)| (id.clone(), Arc::clone(&e.spec)))
+            .collect()
     }
 
-    fn apply(&self, add: Vec<CheckSpec>, remove: Vec<CheckId>) {
+    fn apply(&self, add: Vec<CheckSpec>, change: Vec<CheckSpec>, remove: Vec<CheckId>) {
         for id in &remove {
             self.stop_check(id);
         }
-        for spec in add {
+        let prepare = |spec: CheckSpec| {
             if let Err(e) = self.policy.read().check(spec.target.addr) {
                 tracing::warn!(check = %spec.id, error = %e, "assigned check refused by this node's target policy; not run");
                 self.refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
+                return None;
             }
             match Prepared::new(&spec, &self.tls) {
-                Ok(p) => self.start_check(Entry {
+                Ok(p) => Some(Entry {
                     spec: Arc::new(spec),
                     prepared: Arc::new(p),
                 }),
@@ -203,9 +207,27 @@ impl crate::cluster::node::Local for Shared {
                     tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
                     self.refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    None
                 }
             }
+        };
+        for spec in change {
+            let id = spec.id.clone();
+            match prepare(spec) {
+                Some(entry) => self.change_check(entry),
+                // The new definition cannot run: do not keep probing the old one.
+                None => self.stop_check(&id),
+            }
         }
+        for spec in add {
+            if let Some(entry) = prepare(spec) {
+                self.start_check(entry);
+            }
+        }
+    }
+
+    fn defaults(&self) -> config::Defaults {
+        self.defaults.read().clone()
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {

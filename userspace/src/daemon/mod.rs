@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     clock: (String, Option<String>),
     /// Interface of the kernel programs or the packet socket.
     iface: Option<String>,
+    /// Counters of the cluster node (cluster mode), set once it started.
+    cluster: std::sync::OnceLock<(String, Arc<crate::cluster::node::NodeStats>)>,
     /// The cluster as last read from etcd (cluster mode; `None` standalone).
     cluster_view: RwLock<Option<crate::cluster::view::ClusterView>>,
 }

@@ -239,7 +239,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         sockets,
     );
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-    let (events, _) = broadcast::channel(1024);
+    // Room for a burst of one event per check (a node taking over thousands of checks at
+    // once): the cluster node and API watchers that fall behind lose events (counted).
+    let (events, _) = broadcast::channel(16_384);
     let shared = Arc::new(Shared {
         config_path: if opts.cluster.is_some() {
             None
@@ -267,6 +269,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         started: Instant::now(),
         clock,
         iface,
+        cluster: std::sync::OnceLock::new(),
         cluster_view: RwLock::new(
             opts.cluster
                 .as_ref()
@@ -343,8 +346,9 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
             c.node_id.clone(),
             stop_rx.clone(),
         ));
-        let local: Arc<dyn crate::cluster::node::Local> = shared;
-        let _stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
+        let local: Arc<dyn crate::cluster::node::Local> = Arc::clone(&shared) as _;
+        let stats = crate::cluster::node::spawn(etcd, node, local, stop_rx);
+        let _ = shared.cluster.set((c.node_id.clone(), stats));
         info!(node = %c.node_id, "cluster node started");
     }
     loop {
@@ -462,5 +466,9 @@ pub(super) fn render_metrics(s: &Shared) -> String {
         cluster: s.cluster_view.read().clone(),
         refused_checks: s.refused.load(Ordering::Relaxed),
     };
-    crate::api::metrics::render(&input)
+    let mut text = crate::api::metrics::render(&input);
+    if let Some((node, stats)) = s.cluster.get() {
+        text.push_str(&crate::cluster::node::render_metrics(node, stats));
+    }
+    text
 }
