@@ -45,8 +45,8 @@ pub(super) enum Outstanding {
 enum Tried {
     /// Admitted and submitted.
     Admitted,
-    /// Kept waiting for its budget (counted as delayed).
-    Delayed(DelayReason),
+    /// Kept waiting for its budget (counted as delayed) until this time (ns).
+    Delayed(DelayReason, u64),
     /// Its slot was skipped (counted): a probe of the check is out or waiting.
     Skipped,
     /// The check is gone, or no longer waiting: nothing to do.
@@ -96,7 +96,7 @@ fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64, seq: &mut 
         Admission::Delay { until_ns, reason } => {
             debug!(check = %id, ?reason, "probe delayed by budget");
             out.insert(id.clone(), Outstanding::Waiting(until_ns));
-            Tried::Delayed(reason)
+            Tried::Delayed(reason, until_ns)
         }
     }
 }
@@ -125,7 +125,10 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
         // Retries first. Once the in-flight budget refuses one, it refuses all until a
         // probe ends (the result loop wakes us then): stop instead of spinning through
         // every waiting check each millisecond.
-        let mut blocked = false;
+        // The earliest time a waiting check may be retried, found while walking them
+        // (not by scanning every outstanding probe: that is every probe in flight, each
+        // round, which with a million checks kept this loop at 100 % of a core).
+        let mut next_retry = u64::MAX;
         let mut i = 0;
         let stopping = || shared.stopping.load(Ordering::Acquire);
         while i < waiting.len() {
@@ -138,13 +141,17 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
                 _ => None,
             };
             match until {
-                Some(until) if until > now => i += 1,
+                Some(until) if until > now => {
+                    next_retry = next_retry.min(until);
+                    i += 1;
+                }
                 Some(_) => match try_admit(shared, &waiting[i], true, now, &mut seq) {
-                    Tried::Delayed(DelayReason::InFlight) => {
-                        blocked = true;
-                        break;
+                    // Blocked on in-flight capacity: the next result wakes this loop.
+                    Tried::Delayed(DelayReason::InFlight, _) => break,
+                    Tried::Delayed(_, until) => {
+                        next_retry = next_retry.min(until);
+                        i += 1;
                     }
-                    Tried::Delayed(_) => i += 1,
                     Tried::Admitted | Tried::Skipped | Tried::Gone => {
                         waiting.remove(i);
                     }
@@ -160,24 +167,17 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
             if n % 1024 == 1023 && stopping() {
                 break;
             }
-            if let Tried::Delayed(reason) = try_admit(shared, id, false, now, &mut seq) {
-                blocked |= reason == DelayReason::InFlight;
+            if let Tried::Delayed(reason, until) = try_admit(shared, id, false, now, &mut seq) {
+                // Blocked on in-flight capacity: woken by the next result instead.
+                if reason != DelayReason::InFlight {
+                    next_retry = next_retry.min(until);
+                }
                 waiting.push_back(id.clone());
             }
         }
+        // Checks left unvisited after a block wait for a result's wake-up, or at most
+        // the 50 ms below.
         let next_sched = shared.sched.lock().next_deadline().unwrap_or(u64::MAX);
-        let next_retry = shared
-            .outstanding
-            .lock()
-            .values()
-            .filter_map(|o| match o {
-                // Blocked on in-flight capacity: woken by the next result instead.
-                Outstanding::Waiting(u) if blocked && *u <= now => None,
-                Outstanding::Waiting(u) => Some(*u),
-                Outstanding::Running(..) => None,
-            })
-            .min()
-            .unwrap_or(u64::MAX);
         let wait = next_sched
             .min(next_retry)
             .saturating_sub(now_ns())
