@@ -5,7 +5,9 @@
 # Two namespaces of its own (names end in this shell's pid), nothing in the root namespace:
 #   sonde-scale-p<pid>: vp0 198.18.0.1/24, route 198.19.0.0/16 via 198.18.0.2 (no default route)
 #   sonde-scale-t<pid>: vt0 198.18.0.2/24, "local 198.19.0.0/16 dev lo" (answers for all of
-#                       it: a SYN to :80 gets a RST from the kernel, which is an answer)
+#                       it) and a listener on :80 that never accepts: every SYN gets a
+#                       SYN-ACK (the prober resets it), so the checks are healthy and probed
+#                       at their interval, as most checks of a real fleet are
 # Checks: tcp_syn to 198.19.X.Y:80 over the /16 (about 15 checks per address), interval
 # INTERVAL (default 60s, so N/60 probes per second: 16.7k/s for a million), the kernel
 # programs attached (the real daemon, `sonde run`, release build).
@@ -30,7 +32,9 @@ OUT=$ROOT/bench/out
 WORK=$(mktemp -d /tmp/sonde-scale.XXXXXX)
 PID=
 
+LISTENER=
 cleanup() {
+  [ -z "$LISTENER" ] || kill -9 "$LISTENER" 2>/dev/null || true
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -9 "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
   ip netns del "$P" 2>/dev/null || true
   ip netns del "$T" 2>/dev/null || true
@@ -55,6 +59,14 @@ ip -n "$P" link set vp0 up
 ip -n "$T" link set vt0 up
 ip -n "$T" route add local 198.19.0.0/16 dev lo
 ip -n "$P" route add 198.19.0.0/16 via 198.18.0.2
+ip netns exec "$T" sysctl -qw net.ipv4.tcp_syncookies=1 net.core.somaxconn=65535
+ip netns exec "$T" python3 -c '
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(65535)
+while True: time.sleep(3600)' >/dev/null 2>&1 &
+LISTENER=$!   # ip netns exec execs python: this is its pid
+sleep 0.5
 
 # N checks spread over the /16 (addresses .1-.250 of each /24).
 gen() {

@@ -309,7 +309,7 @@ fn representative_metrics() -> String {
         xdp: (1..=u64::from(XdpReason::COUNT)).collect(),
         tc: (1..=u64::from(TcReason::COUNT)).collect(),
     };
-    sonde::api::metrics::render(&MetricsInput {
+    let mut text = sonde::api::metrics::render(&MetricsInput {
         info: DaemonInfo {
             version: "0.1.0".into(),
             uptime_secs: 60,
@@ -346,7 +346,13 @@ fn representative_metrics() -> String {
             error: None,
         }),
         refused_checks: 2,
-    })
+    });
+    // The node runtime's own families, appended by the daemon in cluster mode.
+    text.push_str(&sonde::cluster::node::render_metrics(
+        "n1",
+        &sonde::cluster::node::NodeStats::default(),
+    ));
+    text
 }
 
 /// Samples of an exposition: metric name to the label sets of its samples.
@@ -606,6 +612,7 @@ fn alert_rules_use_real_metric_names() {
         "sonde_xdp_frames_total",
         "sonde_tc_packets_total",
         "sonde_cluster_is_leader",
+        "sonde_cluster_acting_leader",
         "sonde_cluster_node_suspect",
     ] {
         assert!(metrics.contains_key(family), "{family} not rendered");
