@@ -5,7 +5,8 @@
 //! code, built-in defaults; each daemon applies its own `[defaults]` on top), and refused
 //! with every problem named. `add` creates only (a transaction that requires the key to
 //! be absent): an existing id is an error, never silently replaced. `rm` of an id that is
-//! not stored is an error too. Both exit 1 on failure, 2 when etcd cannot be reached.
+//! not stored is an error too. Both exit 1 on failure, 2 when etcd cannot be used
+//! (unreachable, the TLS handshake or the credentials refused).
 
 use std::io::{self, Write};
 

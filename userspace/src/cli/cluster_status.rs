@@ -392,14 +392,24 @@ fn footer(view: &View) -> String {
     )
 }
 
-/// Print an error about etcd and give the exit status: 2 when etcd is unreachable.
+/// Print an error about etcd and give the exit status: 2 when etcd could not be used
+/// (unreachable, the TLS handshake refused, the credentials refused, no answer in
+/// time), so that a script never reads 1 ("something is unhealthy") for a failure to
+/// ask; 1 for anything else (e.g. an invalid check).
 pub(super) fn etcd_failed(e: &anyhow::Error) -> Exit {
-    let unavailable = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<crate::cluster::etcd::EtcdError>())
-        .any(crate::cluster::etcd::EtcdError::is_unavailable);
+    let etcd = e.chain().any(|c| {
+        c.downcast_ref::<crate::cluster::etcd::EtcdError>()
+            .is_some()
+    });
     eprintln!("sonde: error: {e:#}");
-    if unavailable {
+    let text = format!("{e:#}");
+    if text.contains("https://") && text.contains("connection closed") {
+        eprintln!(
+            "sonde: hint: etcd closed the TLS connection during the handshake; if it requires \
+             client certificates (--client-cert-auth), give --etcd-cert and --etcd-key"
+        );
+    }
+    if etcd {
         Exit::Unreachable
     } else {
         Exit::Failure
