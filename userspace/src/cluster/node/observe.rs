@@ -1,5 +1,7 @@
 //! Observations: this node's opinion of each check it runs, written to etcd when it
-//! changes (batched, in order, queued while etcd is away).
+//! changes (batched, in order, queued while etcd is away), and withdrawn (deleted) when
+//! the node stops running the check, so that an old opinion never counts again if the
+//! check comes back to this node later.
 
 use super::*;
 
@@ -61,6 +63,7 @@ impl Node {
                 }
                 Event::CheckRemoved { id } => {
                     q.latest.remove(id);
+                    self.enqueue_withdrawal(q, id.clone());
                 }
                 _ => {}
             },
@@ -99,7 +102,10 @@ impl Node {
 
     /// Write the oldest queued opinions in one transaction (at most [`MAX_TXN_OPS`],
     /// ending before a key repeats). Returns false when etcd could not be written.
-    async fn flush_batch(&self, pending: &mut VecDeque<(CheckId, ObservationRecord)>) -> bool {
+    async fn flush_batch(
+        &self,
+        pending: &mut VecDeque<(CheckId, Option<ObservationRecord>)>,
+    ) -> bool {
         let mut keys: BTreeSet<&CheckId> = BTreeSet::new();
         let mut ops = Vec::new();
         for (check, rec) in pending.iter().take(MAX_TXN_OPS) {
@@ -107,8 +113,10 @@ impl Node {
                 break;
             }
             let key = self.keys.observation(check, &self.opts.id);
-            let value = serde_json::to_vec(rec).unwrap_or_default();
-            ops.push(TxnOp::put(key, value, None));
+            ops.push(match rec {
+                Some(rec) => TxnOp::put(key, serde_json::to_vec(rec).unwrap_or_default(), None),
+                None => TxnOp::delete(key, None),
+            });
         }
         let n = ops.len();
         match self
@@ -140,15 +148,27 @@ impl Node {
                 .fetch_add(1, Ordering::Relaxed);
         }
         q.latest.insert(check.clone(), rec.health);
-        q.pending.push_back((check, rec));
+        q.pending.push_back((check, Some(rec)));
+    }
+
+    /// Queue the deletion of this node's opinion of `check` (it no longer runs it), after
+    /// every opinion of it already queued.
+    fn enqueue_withdrawal(&self, q: &mut Outbox, check: CheckId) {
+        if q.pending.len() >= self.opts.max_pending.max(1) {
+            q.pending.pop_front();
+            self.stats
+                .observations_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        q.pending.push_back((check, None));
     }
 }
 
 /// Opinions waiting to be written, and the latest one queued or written per check.
 #[derive(Debug, Default)]
 struct Outbox {
-    /// In order; written from the front.
-    pending: VecDeque<(CheckId, ObservationRecord)>,
+    /// In order; written from the front (`None`: delete this node's opinion).
+    pending: VecDeque<(CheckId, Option<ObservationRecord>)>,
     /// The latest opinion queued or written of each running check (to republish only
     /// what differs after the event stream lagged).
     latest: HashMap<CheckId, Health>,
