@@ -16,7 +16,10 @@
 # failure or Ctrl-C.
 # Env: COUNT (probes per run, 100-20000, default 3000), INTERVAL_US (between probes,
 #      500-100000, default 2000), FLOOD (iperf3 -b per flood, default 0 = unlimited),
-#      SKIP_BUILD=1 (use existing binaries), DOCS=0 (do not copy the plot to docs/fidelity.png).
+#      SKIP_BUILD=1 (use existing binaries), DOCS=0 (do not copy the plot to docs/fidelity.png),
+#      PM_QOS (1, default: hold a CPU wake-up latency request of 0 us on /dev/cpu_dma_latency
+#      for the whole run, as latency measurements are done: idle CPUs poll instead of halting,
+#      for every method alike; 0: leave the machine's power management as it is).
 # About 3 minutes with the defaults (plus the build).
 # Output: the table on stdout; bench/out/fidelity-<ts>.{tsv,md,png}, raw samples and logs
 # in bench/out/fidelity-<ts>/; the plot also copied to docs/fidelity.png.
@@ -222,6 +225,16 @@ runs() {
 deps
 build
 mkdir -p "$DIR"
+# The PM QoS request holds while this shell keeps the file open (released on exit).
+PM_QOS=${PM_QOS:-1}
+if [ "$PM_QOS" = 1 ] && [ -w /dev/cpu_dma_latency ]; then
+  exec 9>/dev/cpu_dma_latency
+  printf '0x00000000' >&9
+  echo "PM QoS: CPU wake-up latency held at 0 us (idle CPUs poll); PM_QOS=0 to compare"
+  PM_DESC="PM QoS 0 us"
+else
+  PM_DESC="no PM QoS request"
+fi
 setup
 echo "idle runs ($COUNT probes each, every $INTERVAL_US us, target $TARGET)"
 runs idle
@@ -231,7 +244,7 @@ runs load
 load_stop
 echo
 "$BIN" report --dir "$DIR" --png "$OUT/fidelity-$STAMP.png" --tsv "$OUT/fidelity-$STAMP.tsv" \
-  --markdown "$OUT/fidelity-$STAMP.md" --load "$LOAD_DESC"
+  --markdown "$OUT/fidelity-$STAMP.md" --load "$LOAD_DESC; $PM_DESC"
 if [ "${DOCS:-1}" = 1 ]; then
   cp "$OUT/fidelity-$STAMP.png" "$ROOT/docs/fidelity.png"
   echo "copied to docs/fidelity.png"
