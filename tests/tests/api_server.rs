@@ -56,6 +56,7 @@ fn info() -> DaemonInfo {
         iface: None,
         config_path: None,
         checks: 0,
+        per_target_pps: 50.0,
     }
 }
 

@@ -318,6 +318,7 @@ fn representative_metrics() -> String {
             iface: Some("eth0".into()),
             config_path: Some("/etc/sonde/checks.toml".into()),
             checks: statuses.len(),
+            per_target_pps: 50.0,
         },
         statuses,
         outcomes,

@@ -41,6 +41,9 @@ pub struct DaemonInfo {
     pub config_path: Option<String>,
     /// Number of checks.
     pub checks: usize,
+    /// The per-target cap this node enforces now, probes/s (in cluster mode its share of
+    /// the cluster-wide cap).
+    pub per_target_pps: f64,
 }
 
 /// The outcome of a reload.

@@ -33,8 +33,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub userspace: bool,
     /// Origin protection: probes per second per target address, all checks together.
+    /// In cluster mode the cap is cluster-wide: each node enforces it divided by the
+    /// number of live nodes.
     #[arg(long, default_value_t = 50.0)]
     pub per_target_pps: f64,
+    /// Origin protection: probes per second per IPv4 /24 and per IPv6 /64, all targets
+    /// in it together (default: no prefix cap). Cluster-wide like --per-target-pps.
+    #[arg(long)]
+    pub per_prefix_pps: Option<f64>,
     /// Probes per second in all.
     #[arg(long, default_value_t = 200_000.0)]
     pub global_pps: f64,
@@ -84,6 +90,7 @@ pub(super) fn run(
         http: a.http,
         userspace: a.userspace,
         per_target_pps: a.per_target_pps,
+        per_prefix_pps: a.per_prefix_pps,
         global_pps: a.global_pps,
         max_in_flight: a.max_in_flight,
         user: a.user.clone(),

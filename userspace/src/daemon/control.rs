@@ -170,6 +170,11 @@ impl Control for Shared {
             iface: self.iface.clone(),
             config_path: self.config_path.as_ref().map(|p| p.display().to_string()),
             checks: self.checks.read().len(),
+            per_target_pps: self.target_caps.0
+                / self
+                    .target_share
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .max(1) as f64,
         }
     }
 

@@ -73,6 +73,10 @@ pub(crate) struct Shared {
     wake_rx: Receiver<()>,
     /// Assigned checks this node refused (target policy, unpreparable).
     refused: std::sync::atomic::AtomicU64,
+    /// The per-target and per-prefix caps (probes/s), cluster-wide in cluster mode.
+    target_caps: (f64, Option<f64>),
+    /// Live nodes the caps are shared by now (1 standalone).
+    target_share: std::sync::atomic::AtomicUsize,
     /// Set on shutdown.
     stopping: AtomicBool,
     /// Set once the engine is closed: every result has been sent.

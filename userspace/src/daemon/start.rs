@@ -68,8 +68,11 @@ pub struct RunOptions {
     pub http: Option<std::net::SocketAddr>,
     /// Time stateless probes in userspace even where eBPF works.
     pub userspace: bool,
-    /// Probes per second per target address (origin protection).
+    /// Probes per second per target address (origin protection); cluster-wide in
+    /// cluster mode (each node enforces it divided by the live nodes).
     pub per_target_pps: f64,
+    /// Probes per second per IPv4 /24 and IPv6 /64, if capped; cluster-wide likewise.
+    pub per_prefix_pps: Option<f64>,
     /// Probes per second in all.
     pub global_pps: f64,
     /// Probes in flight at most.
@@ -225,16 +228,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let sockets = SocketBudget::from_rlimit(256).unwrap_or_else(|_| SocketBudget::new(768));
     let budgets = Budgets::new(
         TokenBucket::new(opts.global_pps, 1000).context("global rate")?,
-        PerTargetLimiter::new(TargetLimits {
-            per_addr: RateLimit {
-                rate_per_sec: opts.per_target_pps,
-                burst: 10,
-            },
-            per_v4_24: None,
-            per_v6_64: None,
-            max_targets: 1 << 20,
-        })
-        .context("per-target rate")?,
+        PerTargetLimiter::new(target_limits((opts.per_target_pps, opts.per_prefix_pps), 1))
+            .context("per-target rate")?,
         InFlight::new(opts.max_in_flight),
         sockets,
     );
@@ -264,6 +259,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         wake_tx,
         wake_rx,
         refused: 0.into(),
+        target_caps: (opts.per_target_pps, opts.per_prefix_pps),
+        target_share: 1.into(),
         stopping: false.into(),
         engine_closed: false.into(),
         started: Instant::now(),
@@ -372,6 +369,23 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
 }
 
 /// Prometheus text for the daemon's state.
+/// The per-target caps a node enforces when `nodes` live nodes share the cluster-wide
+/// caps: each gets an equal part, so all of them together never exceed the caps, however
+/// the checks on one address are spread over them.
+pub(super) fn target_limits(caps: (f64, Option<f64>), nodes: usize) -> TargetLimits {
+    #[allow(clippy::cast_precision_loss)]
+    let share = |pps: f64| RateLimit {
+        rate_per_sec: pps / nodes.max(1) as f64,
+        burst: 10,
+    };
+    TargetLimits {
+        per_addr: share(caps.0),
+        per_v4_24: caps.1.map(share),
+        per_v6_64: caps.1.map(share),
+        max_targets: 1 << 20,
+    }
+}
+
 /// Drop what the daemon no longer needs (see [`super::privs`]): keep `CAP_NET_RAW` if
 /// stateless probing is set up, and become `--user` (the state directory and a socket
 /// directory sonde creates are given to it first).
@@ -413,6 +427,24 @@ fn least_privilege(opts: &RunOptions, raw_sockets: bool) -> Result<()> {
     Ok(())
 }
 
+/// Enforce the cluster-wide per-target caps as `live` nodes' equal parts from now on.
+/// The buckets start anew (a change of membership is rare; the burst is 10 probes).
+fn rescale_target_caps(shared: &Shared, live: usize) {
+    let limits = target_limits(shared.target_caps, live);
+    match PerTargetLimiter::new(limits) {
+        Ok(l) => {
+            *shared.budgets.lock().targets_mut() = l;
+            shared.target_share.store(live, Ordering::Relaxed);
+            info!(
+                live,
+                per_target_pps = limits.per_addr.rate_per_sec,
+                "per-target caps shared by the live nodes"
+            );
+        }
+        Err(e) => warn!(error = %e, "per-target caps unchanged"),
+    }
+}
+
 /// Keep [`Shared::cluster_view`] fresh until shutdown; on a failed read keep the last
 /// view and say why in it.
 async fn refresh_cluster_view(
@@ -432,6 +464,10 @@ async fn refresh_cluster_view(
                 Ok(Ok(mut v)) => {
                     v.refreshed_unix_ms =
                         crate::health::state::unix_ms(std::time::SystemTime::now());
+                    let live = v.nodes.len().max(1);
+                    if live != shared.target_share.load(Ordering::Relaxed) {
+                        rescale_target_caps(&shared, live);
+                    }
                     *old = v;
                 }
                 Ok(Err(e)) => old.error = Some(e.to_string()),

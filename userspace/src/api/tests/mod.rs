@@ -31,6 +31,7 @@ pub(super) fn info() -> DaemonInfo {
         iface: None,
         config_path: None,
         checks: 0,
+        per_target_pps: 50.0,
     }
 }
 
