@@ -127,6 +127,30 @@ impl Daemon {
         d
     }
 
+    /// SIGTERM, then wait (at most 5 s) for the daemon to exit and reap it; its wait
+    /// status.
+    ///
+    /// # Panics
+    /// It does not stop in time (its log is shown).
+    #[must_use]
+    pub fn terminate(&self, dir: &Path) -> i32 {
+        let pid = i32::try_from(self.pid).expect("pid");
+        // SAFETY: kill(2) on the pid of the daemon this harness started (not reaped yet).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        let mut wstatus = 0;
+        // SAFETY: waitpid on our own child, WNOHANG, valid status pointer.
+        while unsafe { libc::waitpid(pid, &raw mut wstatus, libc::WNOHANG) } == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "daemon did not stop on SIGTERM; log:\n{}",
+                self.log(dir)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wstatus
+    }
+
     /// A client of its API.
     #[must_use]
     pub fn client(&self) -> Client {

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod checks;
+pub mod cluster_lab;
 pub mod daemon;
 pub mod etcd;
 pub mod etcd_ns;

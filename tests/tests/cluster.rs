@@ -14,8 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde::lab::{self, HttpResponder, Netns, Switch};
+use sonde::lab::{self, Netns, Switch};
 use sonde_tests::{
+    cluster_lab::ClusterLab,
     daemon::{Daemon, TempDir},
     etcd_ns::NsEtcd,
 };
@@ -127,25 +128,9 @@ fn assignment_balance_join_and_leader_failover() {
         return;
     }
     let dir = TempDir::new("cluster");
-    let sw = Switch::new().expect("switch");
-    let etcd_host = Netns::new("etcd").expect("etcd ns");
-    sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
-        .expect("attach etcd");
-    let etcd = NsEtcd::start(
-        &etcd_host,
-        Ipv4Addr::new(198, 18, 1, 10),
-        3,
-        23790,
-        dir.0.join("etcd"),
-    )
-    .expect("etcd");
-    let target = Netns::new("tgt").expect("target ns");
-    sw.attach(&target, Ipv4Addr::new(198, 18, 1, 100), 24)
-        .expect("attach target");
-    target
-        .add_local_route("198.19.0.0/16")
-        .expect("local range");
-    let _web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("http");
+    let lab = ClusterLab::new();
+    let (sw, etcd_host) = (&lab.sw, &lab.etcd_host);
+    let etcd = lab.etcd(&dir.0);
 
     for i in 0..CHECKS {
         let check = serde_json::json!({
@@ -157,7 +142,7 @@ fn assignment_balance_join_and_leader_failover() {
     }
     let endpoints = etcd.endpoints().join(",");
     let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| start_node(&sw, i, &endpoints, &dir))
+        .map(|i| start_node(sw, i, &endpoints, &dir))
         .collect();
 
     // 1. Exactly `replicas` distinct nodes per check, balanced load.
@@ -221,7 +206,7 @@ fn assignment_balance_join_and_leader_failover() {
 
     // 7. A fourth node joins: about 1/4 of the assignments move.
     let before = replicas_of(&assignment(&etcd));
-    nodes.push(start_node(&sw, 4, &endpoints, &dir));
+    nodes.push(start_node(sw, 4, &endpoints, &dir));
     let (after, took) = wait_for("assignment over 4 nodes", Duration::from_secs(15), || {
         let a = assignment(&etcd);
         let r = replicas_of(&a);
@@ -317,25 +302,9 @@ fn hundreds_of_verdicts_decided_in_one_round_are_written() {
         return;
     }
     let dir = TempDir::new("cluster-bulk");
-    let sw = Switch::new().expect("switch");
-    let etcd_host = Netns::new("etcd").expect("etcd ns");
-    sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
-        .expect("attach etcd");
-    let etcd = NsEtcd::start(
-        &etcd_host,
-        Ipv4Addr::new(198, 18, 1, 10),
-        3,
-        23790,
-        dir.0.join("etcd"),
-    )
-    .expect("etcd");
-    let target = Netns::new("tgt").expect("target ns");
-    sw.attach(&target, Ipv4Addr::new(198, 18, 1, 100), 24)
-        .expect("attach target");
-    target
-        .add_local_route("198.19.0.0/16")
-        .expect("local range");
-    let _web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("http");
+    let lab = ClusterLab::new();
+    let (sw, etcd_host) = (&lab.sw, &lab.etcd_host);
+    let etcd = lab.etcd(&dir.0);
     const N: usize = 300;
     let mut ops = String::new();
     for i in 0..N {
@@ -378,7 +347,7 @@ fn hundreds_of_verdicts_decided_in_one_round_are_written() {
     }
     assert_eq!(etcd.get_prefix("/sonde/obs/").expect("obs").len(), N);
     let endpoints = etcd.endpoints().join(",");
-    let node = start_node(&sw, 1, &endpoints, &dir);
+    let node = start_node(sw, 1, &endpoints, &dir);
     let (_, took) = wait_for(
         "a healthy verdict for every check",
         Duration::from_secs(15),

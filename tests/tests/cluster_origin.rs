@@ -13,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde::lab::{self, HttpResponder, Netns, Switch};
+use sonde::lab::{self, Netns};
 use sonde_tests::{
+    cluster_lab::ClusterLab,
     daemon::{Daemon, TempDir},
-    etcd_ns::NsEtcd,
 };
 
 const CAP: f64 = 30.0;
@@ -40,25 +40,9 @@ fn per_target_cap_is_cluster_wide() {
         return;
     }
     let dir = TempDir::new("origin");
-    let sw = Switch::new().expect("switch");
-    let etcd_host = Netns::new("etcd").expect("etcd ns");
-    sw.attach(&etcd_host, Ipv4Addr::new(198, 18, 1, 10), 24)
-        .expect("attach etcd");
-    let etcd = NsEtcd::start(
-        &etcd_host,
-        Ipv4Addr::new(198, 18, 1, 10),
-        3,
-        23790,
-        dir.0.join("etcd"),
-    )
-    .expect("etcd");
-    let target = Netns::new("tgt").expect("target ns");
-    sw.attach(&target, Ipv4Addr::new(198, 18, 1, 100), 24)
-        .expect("attach target");
-    target
-        .add_local_route("198.19.0.0/16")
-        .expect("local range");
-    let _web = HttpResponder::start(&target, "0.0.0.0:80", 200, "OK").expect("listener");
+    let lab = ClusterLab::new();
+    let (sw, target) = (&lab.sw, &lab.target);
+    let etcd = lab.etcd(&dir.0);
     target
         .nft("add table inet origin")
         .and_then(|()| target.nft("add counter inet origin syns"))
@@ -145,9 +129,9 @@ fn per_target_cap_is_cluster_wide() {
 
     // Let the buckets' initial bursts pass, then count what reaches the target.
     std::thread::sleep(Duration::from_secs(2));
-    let (s0, t0) = (syns(&target), Instant::now());
+    let (s0, t0) = (syns(target), Instant::now());
     std::thread::sleep(Duration::from_secs(5));
-    let (s1, secs) = (syns(&target), t0.elapsed().as_secs_f64());
+    let (s1, secs) = (syns(target), t0.elapsed().as_secs_f64());
     let rate = (s1 - s0) as f64 / secs;
     println!(
         "target saw {} SYNs in {secs:.1} s: {rate:.1}/s (asked: 900/s, cluster-wide cap {CAP}/s)",

@@ -224,22 +224,9 @@ fn standalone_daemon_end_to_end() {
     );
 
     // SIGTERM: a clean stop; the socket is gone and XDP is detached.
-    // SAFETY: kill(2) on the pid of the daemon this test started.
-    unsafe { libc::kill(i32::try_from(d2.pid).expect("pid"), libc::SIGTERM) };
-    let start = Instant::now();
-    // The daemon is our child (spawned through the namespace guard): reap it here to
-    // see its exit status; a clean stop exits 0.
-    let pid = i32::try_from(d2.pid).expect("pid");
-    let mut wstatus = 0;
-    // SAFETY: waitpid on our own child, WNOHANG, valid status pointer.
-    while unsafe { libc::waitpid(pid, &raw mut wstatus, libc::WNOHANG) } == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "daemon did not stop on SIGTERM; log:\n{}",
-            d2.log(&dir.0)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The daemon is our child (spawned through the namespace guard): reap it to see its
+    // exit status; a clean stop exits 0.
+    let wstatus = d2.terminate(&dir.0);
     assert!(
         libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0,
         "clean exit on SIGTERM, status {wstatus:#x}; log:\n{}",

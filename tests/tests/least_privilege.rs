@@ -92,20 +92,7 @@ fn sonde_programs_since(t: SystemTime) -> Vec<String> {
 }
 
 fn sigterm_and_reap(d: &Daemon, dir: &TempDir) {
-    let pid = i32::try_from(d.pid).expect("pid");
-    // SAFETY: kill(2) on the pid of the daemon this test started (not reaped yet).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    let mut wstatus = 0;
-    // SAFETY: waitpid on our own child, WNOHANG, valid status pointer.
-    while unsafe { libc::waitpid(pid, &raw mut wstatus, libc::WNOHANG) } == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no stop on SIGTERM; log:\n{}",
-            d.log(&dir.0)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let wstatus = d.terminate(&dir.0);
     assert!(
         libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0,
         "clean exit on SIGTERM, status {wstatus:#x}; log:\n{}",
