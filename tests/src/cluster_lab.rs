@@ -6,7 +6,15 @@ use std::{net::Ipv4Addr, path::Path};
 
 use sonde::lab::{HttpResponder, Netns, Switch};
 
-use crate::etcd_ns::NsEtcd;
+use crate::{daemon::Daemon, etcd_ns::NsEtcd};
+
+/// A sonde node of the lab: its namespace (which kills the daemon on drop) and daemon.
+pub struct LabNode {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// Its namespace.
+    pub ns: Netns,
+}
 
 /// etcd's address on the switch.
 pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -56,6 +64,47 @@ impl ClusterLab {
     #[must_use]
     pub fn etcd(&self, dir: &Path) -> NsEtcd<'_> {
         NsEtcd::start(&self.etcd_host, ETCD_ADDR, 3, 23790, dir.join("etcd")).expect("etcd")
+    }
+}
+
+impl ClusterLab {
+    /// Start node `n<i>` (198.18.1.<i>, a route to the targets) with `config` as its
+    /// daemon file (in `dir/n<i>/`), joined to etcd at `endpoints`; `extra` options are
+    /// added to `sonde run` (the node's interface is given as `--iface`).
+    ///
+    /// # Panics
+    /// The namespace or the daemon does not come up.
+    #[must_use]
+    pub fn node(
+        &self,
+        i: u8,
+        endpoints: &str,
+        dir: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> LabNode {
+        let ns = Netns::new(&format!("n{i}")).expect("node ns");
+        let port = self
+            .sw
+            .attach(&ns, Ipv4Addr::new(198, 18, 1, i), 24)
+            .expect("attach node");
+        ns.add_route("198.19.0.0/16", TARGET_ADDR).expect("route");
+        let d = dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&d).expect("node dir");
+        let file = d.join("daemon.toml");
+        std::fs::write(&file, config).expect("config");
+        let id = format!("n{i}");
+        let mut args = vec![
+            "--etcd",
+            endpoints,
+            "--node-id",
+            &id,
+            "--iface",
+            &port.host_dev,
+        ];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&ns, &d, &file, &args);
+        LabNode { daemon, ns }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream},
     ops::RangeInclusive,
     os::fd::AsRawFd,
     sync::{
@@ -270,37 +270,6 @@ pub fn tls_handshake_cut(
         }
         std::thread::sleep(SETTLE);
         finish(s, end, stop);
-    })
-}
-
-/// A UDP server on `addr` in `ns` that answers each datagram with the datagrams
-/// `answer` makes of it (none, one or many).
-///
-/// # Panics
-/// The address cannot be bound.
-#[must_use]
-pub fn udp_crafted(
-    ns: &Netns,
-    addr: &str,
-    answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
-) -> Server {
-    let addr = addr.to_owned();
-    let sock = ns
-        .run(move || UdpSocket::bind(addr))
-        .expect("enter netns")
-        .expect("bind udp");
-    sock.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    spawn(move |stop| {
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                continue;
-            };
-            for d in answer(&buf[..n]) {
-                let _ = sock.send_to(&d, from);
-            }
-        }
     })
 }
 

@@ -67,12 +67,17 @@ pub fn tcp_acceptor(ns: &Netns, addr: &str) -> Server {
     })
 }
 
-/// Answers every UDP datagram on `addr` (in `ns`) with `prefix` + the datagram.
+/// A UDP server on `addr` (in `ns`): every datagram received is answered with the
+/// datagrams `answer` makes of it (none, one or several, sent in order).
 ///
 /// # Panics
 /// The address cannot be bound.
 #[must_use]
-pub fn udp_echo(ns: &Netns, addr: &str, prefix: &'static [u8]) -> Server {
+pub fn udp_server(
+    ns: &Netns,
+    addr: &str,
+    answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
+) -> Server {
     let addr = addr.to_owned();
     let sock = ns
         .run(move || UdpSocket::bind(addr))
@@ -83,12 +88,26 @@ pub fn udp_echo(ns: &Netns, addr: &str, prefix: &'static [u8]) -> Server {
     spawn(move |stop| {
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let mut reply = prefix.to_vec();
-                reply.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&reply, from);
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            for d in answer(&buf[..n]) {
+                let _ = sock.send_to(&d, from);
             }
         }
+    })
+}
+
+/// Answers every UDP datagram on `addr` (in `ns`) with `prefix` + the datagram.
+///
+/// # Panics
+/// The address cannot be bound.
+#[must_use]
+pub fn udp_echo(ns: &Netns, addr: &str, prefix: &'static [u8]) -> Server {
+    udp_server(ns, addr, move |d| {
+        let mut reply = prefix.to_vec();
+        reply.extend_from_slice(d);
+        vec![reply]
     })
 }
 
@@ -295,48 +314,37 @@ pub fn dns_server(
     answer: std::net::Ipv4Addr,
     stray_first: bool,
 ) -> Server {
-    let addr = addr.to_owned();
-    let sock = ns
-        .run(move || UdpSocket::bind(addr))
-        .expect("enter netns")
-        .expect("bind dns");
-    sock.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    spawn(move |stop| {
-        let mut buf = [0u8; 512];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                continue;
-            };
-            if n < 12 {
-                continue;
-            }
-            // Question: labels from byte 12 to the zero byte, then type and class.
-            let mut i = 12;
-            let mut labels = Vec::new();
-            while i < n && buf[i] != 0 {
-                let l = buf[i] as usize;
-                labels.push(String::from_utf8_lossy(&buf[i + 1..(i + 1 + l).min(n)]).to_string());
-                i += 1 + l;
-            }
-            let qend = (i + 5).min(n);
-            let qname = labels.join(".");
-            let found = qname.eq_ignore_ascii_case(name);
-            let mut r = buf[..qend].to_vec();
-            r[2] = 0x81; // QR, RD
-            r[3] = if found { 0x80 } else { 0x83 }; // RA, rcode NOERROR / NXDOMAIN
-            r[6..8].copy_from_slice(&[0, u8::from(found)]);
-            r[8..12].copy_from_slice(&[0; 4]);
-            if found {
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                r.extend_from_slice(&answer.octets());
-            }
-            if stray_first {
-                let mut stray = r.clone();
-                stray[0] ^= 0xff;
-                let _ = sock.send_to(&stray, from);
-            }
-            let _ = sock.send_to(&r, from);
+    udp_server(ns, addr, move |buf| {
+        let n = buf.len();
+        if n < 12 {
+            return Vec::new();
+        }
+        // Question: labels from byte 12 to the zero byte, then type and class.
+        let mut i = 12;
+        let mut labels = Vec::new();
+        while i < n && buf[i] != 0 {
+            let l = buf[i] as usize;
+            labels.push(String::from_utf8_lossy(&buf[i + 1..(i + 1 + l).min(n)]).to_string());
+            i += 1 + l;
+        }
+        let qend = (i + 5).min(n);
+        let qname = labels.join(".");
+        let found = qname.eq_ignore_ascii_case(name);
+        let mut r = buf[..qend].to_vec();
+        r[2] = 0x81; // QR, RD
+        r[3] = if found { 0x80 } else { 0x83 }; // RA, rcode NOERROR / NXDOMAIN
+        r[6..8].copy_from_slice(&[0, u8::from(found)]);
+        r[8..12].copy_from_slice(&[0; 4]);
+        if found {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&answer.octets());
+        }
+        if stray_first {
+            let mut stray = r.clone();
+            stray[0] ^= 0xff;
+            vec![stray, r]
+        } else {
+            vec![r]
         }
     })
 }

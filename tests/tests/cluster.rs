@@ -10,55 +10,29 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use sonde::lab::{self, Netns, Switch};
+use sonde::lab;
 use sonde_tests::{
-    cluster_lab::ClusterLab,
-    daemon::{Daemon, TempDir},
+    cluster_lab::{ClusterLab, LabNode},
+    daemon::TempDir,
     etcd_ns::NsEtcd,
 };
 
 const CHECKS: usize = 300;
 const TTL_SECS: u64 = 3;
 
-/// A sonde node: its namespace (kept alive for the daemon) and the daemon.
-struct Node {
-    _ns: Netns,
-    daemon: Daemon,
-}
-
-fn start_node(sw: &Switch, i: u8, endpoints: &str, dir: &TempDir) -> Node {
-    let ns = Netns::new(&format!("n{i}")).expect("node ns");
-    let port = sw
-        .attach(&ns, Ipv4Addr::new(198, 18, 1, i), 24)
-        .expect("attach node");
-    ns.add_route("198.19.0.0/16", Ipv4Addr::new(198, 18, 1, 100))
-        .expect("route");
-    let d = dir.0.join(format!("n{i}"));
-    std::fs::create_dir_all(&d).expect("node dir");
-    let config = d.join("daemon.toml");
-    std::fs::write(&config, "[defaults]\nrise = 1\nfall = 2\n").expect("config");
-    let id = format!("n{i}");
+/// Node `n<i>` with `rise = 1`, `fall = 2` and a `TTL_SECS` lease.
+fn start_node(lab: &ClusterLab, i: u8, endpoints: &str, dir: &TempDir) -> LabNode {
     let ttl = TTL_SECS.to_string();
-    let daemon = Daemon::start(
-        &ns,
-        &d,
-        &config,
-        &[
-            "--etcd",
-            endpoints,
-            "--node-id",
-            &id,
-            "--iface",
-            &port.host_dev,
-            "--lease-ttl",
-            &ttl,
-        ],
-    );
-    Node { _ns: ns, daemon }
+    lab.node(
+        i,
+        endpoints,
+        &dir.0,
+        "[defaults]\nrise = 1\nfall = 2\n",
+        &["--lease-ttl", &ttl],
+    )
 }
 
 /// Assignment as etcd holds it: node -> checks.
@@ -129,7 +103,7 @@ fn assignment_balance_join_and_leader_failover() {
     }
     let dir = TempDir::new("cluster");
     let lab = ClusterLab::new();
-    let (sw, etcd_host) = (&lab.sw, &lab.etcd_host);
+    let etcd_host = &lab.etcd_host;
     let etcd = lab.etcd(&dir.0);
 
     for i in 0..CHECKS {
@@ -141,8 +115,8 @@ fn assignment_balance_join_and_leader_failover() {
             .expect("put check");
     }
     let endpoints = etcd.endpoints().join(",");
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| start_node(sw, i, &endpoints, &dir))
+    let mut nodes: Vec<LabNode> = (1..=3)
+        .map(|i| start_node(&lab, i, &endpoints, &dir))
         .collect();
 
     // 1. Exactly `replicas` distinct nodes per check, balanced load.
@@ -206,7 +180,7 @@ fn assignment_balance_join_and_leader_failover() {
 
     // 7. A fourth node joins: about 1/4 of the assignments move.
     let before = replicas_of(&assignment(&etcd));
-    nodes.push(start_node(sw, 4, &endpoints, &dir));
+    nodes.push(start_node(&lab, 4, &endpoints, &dir));
     let (after, took) = wait_for("assignment over 4 nodes", Duration::from_secs(15), || {
         let a = assignment(&etcd);
         let r = replicas_of(&a);
@@ -303,7 +277,7 @@ fn hundreds_of_verdicts_decided_in_one_round_are_written() {
     }
     let dir = TempDir::new("cluster-bulk");
     let lab = ClusterLab::new();
-    let (sw, etcd_host) = (&lab.sw, &lab.etcd_host);
+    let etcd_host = &lab.etcd_host;
     let etcd = lab.etcd(&dir.0);
     const N: usize = 300;
     let mut ops = String::new();
@@ -347,7 +321,7 @@ fn hundreds_of_verdicts_decided_in_one_round_are_written() {
     }
     assert_eq!(etcd.get_prefix("/sonde/obs/").expect("obs").len(), N);
     let endpoints = etcd.endpoints().join(",");
-    let node = start_node(sw, 1, &endpoints, &dir);
+    let node = start_node(&lab, 1, &endpoints, &dir);
     let (_, took) = wait_for(
         "a healthy verdict for every check",
         Duration::from_secs(15),

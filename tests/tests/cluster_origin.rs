@@ -8,15 +8,12 @@
 //! replicas each: 900 probes/s asked, against a cluster-wide cap of 30/s. The target's
 //! nftables counter of SYNs to that address is the judge.
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use sonde::lab::{self, Netns};
 use sonde_tests::{
-    cluster_lab::ClusterLab,
-    daemon::{Daemon, TempDir},
+    cluster_lab::{ClusterLab, LabNode},
+    daemon::TempDir,
 };
 
 const CAP: f64 = 30.0;
@@ -41,7 +38,7 @@ fn per_target_cap_is_cluster_wide() {
     }
     let dir = TempDir::new("origin");
     let lab = ClusterLab::new();
-    let (sw, target) = (&lab.sw, &lab.target);
+    let target = &lab.target;
     let etcd = lab.etcd(&dir.0);
     target
         .nft("add table inet origin")
@@ -66,42 +63,24 @@ fn per_target_cap_is_cluster_wide() {
             .expect("put check");
     }
     let endpoints = etcd.endpoints().join(",");
-    let mut nodes: Vec<(Netns, Daemon)> = Vec::new();
-    for i in 1..=NODES {
-        let ns = Netns::new(&format!("n{i}")).expect("node ns");
-        sw.attach(&ns, Ipv4Addr::new(198, 18, 1, i), 24)
-            .expect("attach node");
-        ns.add_route("198.19.0.0/16", Ipv4Addr::new(198, 18, 1, 100))
-            .expect("route");
-        let d = dir.0.join(format!("n{i}"));
-        std::fs::create_dir_all(&d).expect("node dir");
-        let config = d.join("daemon.toml");
-        std::fs::write(&config, "").expect("config");
-        let id = format!("n{i}");
-        let cap = CAP.to_string();
-        let daemon = Daemon::start(
-            &ns,
-            &d,
-            &config,
-            &[
-                "--etcd",
+    let cap = CAP.to_string();
+    let nodes: Vec<LabNode> = (1..=NODES)
+        .map(|i| {
+            lab.node(
+                i,
                 &endpoints,
-                "--node-id",
-                &id,
-                "--lease-ttl",
-                "3",
-                "--per-target-pps",
-                &cap,
-            ],
-        );
-        nodes.push((ns, daemon));
-    }
+                &dir.0,
+                "",
+                &["--lease-ttl", "3", "--per-target-pps", &cap],
+            )
+        })
+        .collect();
 
     // Every node runs the 30 checks and enforces its third of the cap.
     let start = Instant::now();
     loop {
-        let ready = nodes.iter().all(|(_, d)| {
-            d.client().get("/v1/info").is_ok_and(|i| {
+        let ready = nodes.iter().all(|n| {
+            n.daemon.client().get("/v1/info").is_ok_and(|i| {
                 i["checks"] == 30
                     && i["per_target_pps"]
                         .as_f64()
@@ -116,7 +95,7 @@ fn per_target_cap_is_cluster_wide() {
             "nodes not ready: {:?}",
             nodes
                 .iter()
-                .map(|(_, d)| d.client().get("/v1/info").ok())
+                .map(|n| n.daemon.client().get("/v1/info").ok())
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -140,7 +119,7 @@ fn per_target_cap_is_cluster_wide() {
     assert!(rate <= CAP * 1.1, "cluster-wide cap exceeded: {rate:.1}/s");
     assert!(rate >= CAP * 0.5, "probing goes on at the cap: {rate:.1}/s");
     // The waiting probes are counted, not dropped.
-    let m = nodes[0].1.client().metrics().expect("metrics");
+    let m = nodes[0].daemon.client().metrics().expect("metrics");
     let delayed: f64 = m
         .lines()
         .filter(|l| l.starts_with("sonde_budget_delayed_total{reason=\"target\"}"))

@@ -252,19 +252,19 @@ fn healthy_checks_keep_their_interval_next_to_hostile_targets() {
             Some(expired),
         )
         .0,
-        hostile::udp_crafted(ns, "198.18.0.2:5302", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5302", move |q| {
             let mut a = dns_head(q, 1);
             a.extend_from_slice(&dns_a(good)[..6]);
             vec![a]
         }),
-        hostile::udp_crafted(ns, "198.18.0.2:5305", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5305", move |q| {
             let mut a = dns_head(q, 1);
             let at = a.len();
             a.extend_from_slice(&[1, b'a', 0xc0, at as u8]);
             a.extend_from_slice(&dns_a(good)[2..]);
             vec![a]
         }),
-        hostile::udp_crafted(ns, "198.18.0.2:5309", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5309", move |q| {
             let mut a = dns_head(q, 1);
             a[0] ^= 0xff;
             a.extend_from_slice(&dns_a(good));

@@ -463,21 +463,21 @@ fn dns_targets_that_misbehave() {
     let id_of = |q: &[u8]| u16::from_be_bytes([q[0], q[1]]);
     let _servers = [
         // Control: a correct answer.
-        hostile::udp_crafted(ns, "198.18.0.2:5301", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5301", move |q| {
             let mut a = dns_head(q, 1);
             a.extend_from_slice(&dns_a(good));
             vec![a]
         }),
         // The answer record cut in the middle.
-        hostile::udp_crafted(ns, "198.18.0.2:5302", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5302", move |q| {
             let mut a = dns_head(q, 1);
             a.extend_from_slice(&dns_a(good)[..6]);
             vec![a]
         }),
         // Only 7 bytes: not even a header.
-        hostile::udp_crafted(ns, "198.18.0.2:5303", |q| vec![q[..7].to_vec()]),
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5303", |q| vec![q[..7].to_vec()]),
         // The record's owner name points at itself.
-        hostile::udp_crafted(ns, "198.18.0.2:5304", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5304", move |q| {
             let mut a = dns_head(q, 1);
             let at = a.len();
             a.extend_from_slice(&[0xc0, at as u8]);
@@ -485,7 +485,7 @@ fn dns_targets_that_misbehave() {
             vec![a]
         }),
         // A label, then a pointer back to that label: a loop.
-        hostile::udp_crafted(ns, "198.18.0.2:5305", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5305", move |q| {
             let mut a = dns_head(q, 1);
             let at = a.len();
             a.extend_from_slice(&[1, b'a', 0xc0, at as u8]);
@@ -493,43 +493,43 @@ fn dns_targets_that_misbehave() {
             vec![a]
         }),
         // Five answers announced, one present.
-        hostile::udp_crafted(ns, "198.18.0.2:5306", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5306", move |q| {
             let mut a = dns_head(q, 5);
             a.extend_from_slice(&dns_a(good));
             vec![a]
         }),
         // Two questions announced.
-        hostile::udp_crafted(ns, "198.18.0.2:5307", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5307", move |q| {
             let mut a = dns_head(q, 1);
             a[4..6].copy_from_slice(&2u16.to_be_bytes());
             a.extend_from_slice(&dns_a(good));
             vec![a]
         }),
         // NOERROR without any answer.
-        hostile::udp_crafted(ns, "198.18.0.2:5308", move |q| vec![dns_head(q, 0)]),
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5308", move |q| vec![dns_head(q, 0)]),
         // Only answers with other ids.
-        hostile::udp_crafted(ns, "198.18.0.2:5309", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5309", move |q| {
             let id = id_of(q);
             (1..=3u16).map(|k| with_id(q, id ^ k)).collect()
         }),
         // 100 answers with other ids, then the right one.
-        hostile::udp_crafted(ns, "198.18.0.2:5310", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5310", move |q| {
             let id = id_of(q);
             let mut v: Vec<_> = (1..=100u16).map(|k| with_id(q, id ^ k)).collect();
             v.push(with_id(q, id));
             v
         }),
         // A reserved label type (0x80) as the owner name.
-        hostile::udp_crafted(ns, "198.18.0.2:5311", move |q| {
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5311", move |q| {
             let mut a = dns_head(q, 1);
             a.extend_from_slice(&[0x80, QNAME as u8]);
             a.extend_from_slice(&dns_a(good)[2..]);
             vec![a]
         }),
         // The query echoed back (QR clear).
-        hostile::udp_crafted(ns, "198.18.0.2:5312", |q| vec![q.to_vec()]),
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5312", |q| vec![q.to_vec()]),
         // An empty datagram.
-        hostile::udp_crafted(ns, "198.18.0.2:5313", |_| vec![Vec::new()]),
+        sonde_tests::servers::udp_server(ns, "198.18.0.2:5313", |_| vec![Vec::new()]),
     ];
     let dns = || {
         ProbeSpec::Dns(DnsSpec {
