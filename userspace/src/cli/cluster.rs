@@ -1,14 +1,14 @@
 //! `sonde nodes` and `sonde leader`: the cluster as etcd holds it; and [`EtcdArgs`], how
 //! every command that talks to etcd finds it (`sonde run`, `check`, `status`, `watch`).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::cluster::{
     etcd::{Etcd, EtcdOptions, EtcdTls},
-    keys::{AssignmentRecord, Keys, NodeRecord},
+    keys::Keys,
 };
 
 /// Where the cluster's etcd is and how to log in: the same global options for the daemon
@@ -109,35 +109,35 @@ pub fn nodes(a: &ClusterArgs, e: &EtcdArgs) -> Result<()> {
     runtime()?.block_on(async {
         let etcd = e.connect().await?;
         let keys = e.keys();
-        let nodes = etcd.get_prefix(keys.nodes()).await?;
-        let assigns = etcd.get_prefix(keys.assigns()).await?;
-        let leader = etcd.leader(keys.election()).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        let mut share: BTreeMap<String, usize> = BTreeMap::new();
-        for kv in &assigns.kvs {
-            if let Ok(r) = serde_json::from_slice::<AssignmentRecord>(&kv.value) {
-                share.insert(r.node.to_string(), r.checks.len());
-            }
-        }
-        let recs: Vec<NodeRecord> = nodes.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+        // The same view the daemons serve on /v1/cluster and the status page.
+        let view = crate::cluster::view::read(&etcd, &keys, "").await?;
         if a.json {
-            let v: Vec<serde_json::Value> = recs
+            let v: Vec<serde_json::Value> = view
+                .nodes
                 .iter()
-                .map(|r| {
+                .map(|n| {
                     serde_json::json!({
-                        "id": r.id, "version": r.version, "assigned": share.get(r.id.as_str()).copied().unwrap_or(0),
-                        "registered_unix_ms": r.registered_unix_ms, "leader": leader.as_deref() == Some(r.id.as_str()),
+                        "id": n.id, "version": n.version, "assigned": n.assigned,
+                        "share": n.share, "suspect": n.suspect,
+                        "registered_unix_ms": n.registered_unix_ms, "leader": n.leader,
                     })
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            println!("{:<20} {:<8} {:>9}  {:<8} REGISTERED", "NODE", "ROLE", "ASSIGNED", "VERSION");
-            for r in &recs {
-                let role = if leader.as_deref() == Some(r.id.as_str()) { "leader" } else { "follower" };
-                let n = share.get(r.id.as_str()).copied().unwrap_or(0);
-                println!("{:<20} {:<8} {:>9}  {:<8} {} ms since the epoch", r.id, role, n, r.version, r.registered_unix_ms);
+            println!(
+                "{:<20} {:<8} {:>9}  {:<8} {:<8} REGISTERED",
+                "NODE", "ROLE", "ASSIGNED", "VERSION", "OPINIONS"
+            );
+            for n in &view.nodes {
+                let role = if n.leader { "leader" } else { "follower" };
+                let opinions = if n.suspect { "suspect" } else { "counted" };
+                println!(
+                    "{:<20} {:<8} {:>9}  {:<8} {:<8} {} ms since the epoch",
+                    n.id, role, n.assigned, n.version, opinions, n.registered_unix_ms
+                );
             }
-            if recs.is_empty() {
+            if view.nodes.is_empty() {
                 println!("(no live nodes under {})", keys.nodes());
             }
         }
