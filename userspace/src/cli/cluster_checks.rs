@@ -59,7 +59,7 @@ pub(super) fn run(e: &EtcdArgs, args: &CheckArgs) -> Result<Exit> {
             }
         }
     });
-    Ok(res.unwrap_or_else(|err| etcd_failed(&err)))
+    Ok(res.unwrap_or_else(|err| etcd_failed(&err, e)))
 }
 
 /// Parse `--quorum`: majority, any, all, or a number.

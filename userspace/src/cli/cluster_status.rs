@@ -396,20 +396,21 @@ fn footer(view: &View) -> String {
 /// (unreachable, the TLS handshake refused, the credentials refused, no answer in
 /// time), so that a script never reads 1 ("something is unhealthy") for a failure to
 /// ask; 1 for anything else (e.g. an invalid check).
-pub(super) fn etcd_failed(e: &anyhow::Error) -> Exit {
-    let etcd = e.chain().any(|c| {
-        c.downcast_ref::<crate::cluster::etcd::EtcdError>()
-            .is_some()
-    });
-    eprintln!("sonde: error: {e:#}");
-    let text = format!("{e:#}");
-    if text.contains("https://") && text.contains("connection closed") {
+pub(super) fn etcd_failed(err: &anyhow::Error, args: &EtcdArgs) -> Exit {
+    use crate::cluster::etcd::EtcdError;
+    let errors = || err.chain().filter_map(|c| c.downcast_ref::<EtcdError>());
+    eprintln!("sonde: error: {err:#}");
+    // A server requiring client certificates ends the handshake in one of several ways
+    // (closed connection, an alert, a broken pipe: it depends on timing), so the hint
+    // goes by what was configured: TLS without a client certificate, and no connection.
+    let tls = args.etcd_ca.is_some() || args.etcd.iter().any(|u| u.starts_with("https://"));
+    if tls && args.etcd_cert.is_none() && errors().any(EtcdError::is_unavailable) {
         eprintln!(
-            "sonde: hint: etcd closed the TLS connection during the handshake; if it requires \
-             client certificates (--client-cert-auth), give --etcd-cert and --etcd-key"
+            "sonde: hint: no TLS connection to etcd; if it requires client certificates \
+             (--client-cert-auth), give --etcd-cert and --etcd-key"
         );
     }
-    if etcd {
+    if errors().next().is_some() {
         Exit::Unreachable
     } else {
         Exit::Failure
@@ -427,7 +428,7 @@ pub(super) fn status(e: &EtcdArgs, args: &StatusArgs) -> Result<Exit> {
     };
     let view = match runtime()?.block_on(run) {
         Ok(v) => v,
-        Err(err) => return Ok(etcd_failed(&err)),
+        Err(err) => return Ok(etcd_failed(&err, e)),
     };
     let holders = view.holders();
     let rows: Vec<Value> = view
@@ -683,6 +684,6 @@ pub(super) fn watch(e: &EtcdArgs, args: &WatchArgs) -> Result<Exit> {
     });
     match res {
         Ok(()) => Ok(Exit::Success),
-        Err(err) => Ok(etcd_failed(&err)),
+        Err(err) => Ok(etcd_failed(&err, e)),
     }
 }
