@@ -57,7 +57,7 @@ fn jobs(args: &Args, work: Work, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Resul
             let spec = Arc::new(CheckSpec {
                 id: CheckId::new(&id),
                 target: Target {
-                    host,
+                    host: host.into(),
                     addr: IpAddr::V4(a),
                     port,
                 },
@@ -141,10 +141,10 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
     let probe = match work {
         Work::Syn => ProbeSpec::TcpSyn,
         Work::Icmp => ProbeSpec::Icmp,
-        Work::Udp => ProbeSpec::Udp(UdpSpec {
+        Work::Udp => ProbeSpec::Udp(Box::new(UdpSpec {
             payload: b"sonde-bench".to_vec(),
             expect_prefix: Vec::new(),
-        }),
+        })),
         Work::Connect | Work::ConnectTokio => ProbeSpec::TcpConnect,
         Work::Http | Work::HttpHyper => http_probe(args, false),
         Work::HttpKeepalive => http_probe(args, true),

@@ -91,7 +91,7 @@ fn spec(args: &ProbeArgs) -> Arc<CheckSpec> {
     Arc::new(CheckSpec {
         id: CheckId::new("fidelity"),
         target: Target {
-            host: args.target.to_string(),
+            host: args.target.to_string().into(),
             addr: IpAddr::V4(args.target),
             port,
         },

@@ -17,7 +17,7 @@ pub fn check(
     Arc::new(CheckSpec {
         id: CheckId::new(id),
         target: Target {
-            host: addr.to_owned(),
+            host: addr.into(),
             addr: ip,
             port,
         },

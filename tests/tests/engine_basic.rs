@@ -47,10 +47,10 @@ fn tcp_connect_and_udp_probes() {
 
     let t = Duration::from_millis(300);
     let udp = |payload: &str, expect: &str| {
-        ProbeSpec::Udp(UdpSpec {
+        ProbeSpec::Udp(Box::new(UdpSpec {
             payload: payload.as_bytes().to_vec(),
             expect_prefix: expect.as_bytes().to_vec(),
-        })
+        }))
     };
     let specs = [
         check("open", "198.18.0.2", 80, ProbeSpec::TcpConnect, t),

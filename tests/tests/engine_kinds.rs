@@ -111,12 +111,12 @@ fn http_https_and_dns_probes() {
         })
     };
     let dns = |name: &str, expect_rcode, answer: Option<&str>| {
-        ProbeSpec::Dns(DnsSpec {
+        ProbeSpec::Dns(Box::new(DnsSpec {
             name: name.into(),
             qtype: 1,
             expect_rcode,
             expect_answer: answer.map(Into::into),
-        })
+        }))
     };
     let specs = [
         check(

@@ -532,12 +532,12 @@ fn dns_targets_that_misbehave() {
         sonde_tests::servers::udp_server(ns, "198.18.0.2:5313", |_| vec![Vec::new()]),
     ];
     let dns = || {
-        ProbeSpec::Dns(DnsSpec {
+        ProbeSpec::Dns(Box::new(DnsSpec {
             name: "www.origin.test".into(),
             qtype: 1,
             expect_rcode: 0,
             expect_answer: Some("198.18.7.7".into()),
-        })
+        }))
     };
     let ids = [
         ("healthy", 5301),

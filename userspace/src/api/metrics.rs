@@ -177,7 +177,7 @@ fn target_text(s: &CheckStatus) -> String {
     let host = if s.target.host.contains(':') {
         format!("[{}]", s.target.host)
     } else {
-        s.target.host.clone()
+        s.target.host.to_string()
     };
     if s.kind == "icmp" {
         host

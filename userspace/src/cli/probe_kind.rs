@@ -365,14 +365,14 @@ pub fn describe_check(spec: &CheckSpec) -> String {
     let host = if t.host.contains(':') {
         format!("[{}]", t.host)
     } else {
-        t.host.clone()
+        t.host.to_string()
     };
     let mut s = if kind == "icmp" {
         format!("{kind} {host}")
     } else {
         format!("{kind} {host}:{}", t.port)
     };
-    if t.host != t.addr.to_string() {
+    if *t.host != t.addr.to_string() {
         let _ = write!(s, " ({})", t.addr);
     }
     s

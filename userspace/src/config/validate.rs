@@ -133,7 +133,7 @@ fn target(ctx: &mut Ctx, t: &Val<super::target::TargetSpec>, kind: ProbeKind) ->
         }
     };
     Some(Target {
-        host: t.v.host.clone(),
+        host: t.v.host.as_str().into(),
         addr: t.v.addr,
         port,
     })
@@ -264,8 +264,8 @@ fn probe(ctx: &mut Ctx, c: &Fields, d: &Fields, kind: ProbeKind) -> Option<Probe
             let tls = (kind == K::Https).then(|| tls(&c.tls, &d.tls));
             ProbeSpec::Http(Box::new(http(ctx, &c.http, &d.http, tls)?))
         }
-        K::Udp => ProbeSpec::Udp(udp(&c.udp, &d.udp)),
-        K::Dns => ProbeSpec::Dns(dns(ctx, c, d)?),
+        K::Udp => ProbeSpec::Udp(Box::new(udp(&c.udp, &d.udp))),
+        K::Dns => ProbeSpec::Dns(Box::new(dns(ctx, c, d)?)),
     };
     ok.then_some(probe)
 }

@@ -39,7 +39,6 @@ impl Shared {
     /// Stop running `id`.
     fn stop_check(&self, id: &CheckId) {
         self.sched.lock().remove(id);
-        self.outcomes.lock().remove(id);
         self.checks.write().remove(id);
         self.health.lock().remove(id);
         let _ = self
@@ -58,7 +57,16 @@ impl Shared {
             s.remove(&id);
             s.add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
         }
-        self.checks.write().insert(id, entry);
+        let mut checks = self.checks.write();
+        if let Some(old) = checks.get(&id) {
+            // Sequence numbers go on: the state (and history) may be kept.
+            let sent = old.probes.load(std::sync::atomic::Ordering::Relaxed);
+            entry
+                .probes
+                .store(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        checks.insert(id, entry);
+        drop(checks);
         let _ = self.wake_tx.try_send(());
     }
 }
@@ -85,7 +93,7 @@ impl Control for Shared {
         Some(CheckHistory {
             id: CheckId::new(id),
             results: c.history(),
-            transitions: c.transitions().iter().cloned().collect(),
+            transitions: c.transitions(),
         })
     }
 
@@ -100,13 +108,10 @@ impl Control for Shared {
             return Err(ControlError::Duplicate(spec.id.to_string()));
         }
         let prepared =
-            Prepared::new(&spec, &self.tls).map_err(|e| ControlError::Invalid(e.to_string()))?;
+            Prepared::shared(&spec, &self.tls).map_err(|e| ControlError::Invalid(e.to_string()))?;
         let id = spec.id.clone();
         info!(check = %id, "check added through the API");
-        self.start_check(Entry {
-            spec: Arc::new(spec),
-            prepared: Arc::new(prepared),
-        });
+        self.start_check(Entry::new(Arc::new(spec), prepared));
         Ok(id)
     }
 
@@ -203,11 +208,8 @@ impl crate::cluster::node::Local for Shared {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return None;
             }
-            match Prepared::new(&spec, &self.tls) {
-                Ok(p) => Some(Entry {
-                    spec: Arc::new(spec),
-                    prepared: Arc::new(p),
-                }),
+            match Prepared::shared(&spec, &self.tls) {
+                Ok(prepared) => Some(Entry::new(Arc::new(spec), prepared)),
                 Err(e) => {
                     tracing::warn!(check = %spec.id, error = %e, "assigned check cannot be prepared; not run");
                     self.refused
@@ -248,7 +250,7 @@ impl crate::cluster::node::Local for Shared {
         Some((
             c.state(),
             c.last_result()
-                .map_or(crate::engine::result::Reason::Ok, |l| l.reason.clone()),
+                .map_or(crate::engine::result::Reason::Ok, |l| l.reason),
         ))
     }
 }

@@ -6,7 +6,7 @@
 //! in [`Shared`], each part behind its own lock, taken briefly and never across I/O
 //! except the journal append (which must be durable before a transition is announced).
 
-mod checks;
+pub mod checks;
 mod control;
 pub mod persist;
 pub mod privs;
@@ -55,8 +55,6 @@ pub(crate) struct Shared {
     budgets: Mutex<Budgets>,
     /// The probe of each check that is out or waiting.
     outstanding: Mutex<HashMap<CheckId, Outstanding>>,
-    /// Probe counts by outcome, per check (for metrics).
-    outcomes: Mutex<runner::Outcomes>,
     /// Transitions and check-set changes, for watchers.
     events: broadcast::Sender<Arc<Event>>,
     /// Durable record of transitions.

@@ -8,10 +8,10 @@
 //!   waiting, the slot is skipped and counted, as are slots missed by a late loop.
 //! - The result loop releases the probe's permits, counts its outcome, feeds the health
 //!   table, adapts the check's interval (fast while failing), and journals and
-//!   broadcasts every transition.
+//!   broadcasts every transition. (Outcome counts are kept by the health table.)
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -55,8 +55,9 @@ enum Tried {
 
 /// Try to start a probe of `id`: `retrying` a check that waits for its budget, or for
 /// a slot that just came due.
-fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64, seq: &mut u64) -> Tried {
-    let entry = shared.checks.read().get(id).cloned();
+fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64) -> Tried {
+    let checks = shared.checks.read();
+    let entry = checks.get(id);
     let mut out = shared.outstanding.lock();
     let Some(entry) = entry else {
         if retrying && matches!(out.get(id), Some(Outstanding::Waiting(_))) {
@@ -80,14 +81,15 @@ fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64, seq: &mut 
         .admit(entry.spec.target.addr, needs_socket, now);
     match admission {
         Admission::Admit(permits) => {
-            *seq += 1;
-            out.insert(id.clone(), Outstanding::Running(*seq, permits));
+            let seq = entry.next_seq();
+            out.insert(id.clone(), Outstanding::Running(seq, permits));
             drop(out);
             let job = Job {
                 spec: Arc::clone(&entry.spec),
-                seq: *seq,
+                seq,
                 prepared: Arc::clone(&entry.prepared),
             };
+            drop(checks);
             if shared.engine.submit(job).is_err() {
                 warn!(check = %id, "engine stopped; probe not sent");
             }
@@ -108,7 +110,6 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
     // every check its turn under overload; retrying in a hash map's order admitted the
     // same few checks again and again while most were never probed.
     let mut waiting: VecDeque<CheckId> = VecDeque::new();
-    let mut seq: u64 = 0;
     while !shared.stopping.load(Ordering::Acquire) {
         let now = now_ns();
         due.clear();
@@ -145,7 +146,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
                     next_retry = next_retry.min(until);
                     i += 1;
                 }
-                Some(_) => match try_admit(shared, &waiting[i], true, now, &mut seq) {
+                Some(_) => match try_admit(shared, &waiting[i], true, now) {
                     // Blocked on in-flight capacity: the next result wakes this loop.
                     Tried::Delayed(DelayReason::InFlight, _) => break,
                     Tried::Delayed(_, until) => {
@@ -167,7 +168,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
             if n % 1024 == 1023 && stopping() {
                 break;
             }
-            if let Tried::Delayed(reason, until) = try_admit(shared, id, false, now, &mut seq) {
+            if let Tried::Delayed(reason, until) = try_admit(shared, id, false, now) {
                 // Blocked on in-flight capacity: woken by the next result instead.
                 if reason != DelayReason::InFlight {
                     next_retry = next_retry.min(until);
@@ -224,18 +225,6 @@ pub(super) fn results(shared: &Arc<Shared>) {
                 }
             }
         }
-        {
-            let mut counts = shared.outcomes.lock();
-            let per = counts.entry(r.check.clone()).or_default();
-            let label = r.reason.label();
-            match per.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, n)) => *n += 1,
-                None => {
-                    per.reserve_exact(1);
-                    per.push((label, 1));
-                }
-            }
-        }
         let now = tokio::time::Instant::now();
         let (transition, interval) = {
             let mut h = shared.health.lock();
@@ -258,7 +247,3 @@ pub(super) fn results(shared: &Arc<Shared>) {
         }
     }
 }
-
-/// Probe counts by outcome label, per check: a short list (a check sees one to a few
-/// outcomes; a map node per check would cost ~300 bytes of a million checks' budget).
-pub(super) type Outcomes = HashMap<CheckId, Vec<(&'static str, u64)>>;

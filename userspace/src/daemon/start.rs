@@ -250,7 +250,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         sched: Mutex::new(sched),
         budgets: Mutex::new(budgets),
         outstanding: Mutex::new(HashMap::new()),
-        outcomes: Mutex::new(HashMap::new()),
         events,
         journal: Mutex::new(journal),
         engine,
@@ -487,15 +486,18 @@ async fn refresh_cluster_view(
 }
 
 pub(super) fn render_metrics(s: &Shared) -> String {
+    let (statuses, outcomes) = {
+        let health = s.health.lock();
+        let outcomes = health
+            .iter()
+            .map(|(id, h)| (id.clone(), h.outcomes().collect()))
+            .collect();
+        (health.snapshot_all(), outcomes)
+    };
     let input = MetricsInput {
         info: s.info(),
-        statuses: s.health.lock().snapshot_all(),
-        outcomes: s
-            .outcomes
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
-            .collect(),
+        statuses,
+        outcomes,
         engine: s.engine.stats(),
         budget: *s.budgets.lock().stats(),
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),

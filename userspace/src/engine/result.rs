@@ -136,24 +136,49 @@ impl Reason {
         matches!(self, Reason::Ok)
     }
 
+    /// Every [`Reason::label`], indexed by [`Reason::label_index`].
+    pub const LABELS: [&'static str; 14] = [
+        "ok",
+        "timeout",
+        "refused",
+        "unreachable",
+        "connection_closed",
+        "status",
+        "body_mismatch",
+        "header_mismatch",
+        "protocol",
+        "tls",
+        "payload_mismatch",
+        "dns_rcode",
+        "dns_answer_mismatch",
+        "local",
+    ];
+
     /// Short label for metrics (`outcome` label).
     #[must_use]
     pub fn label(&self) -> &'static str {
+        Self::LABELS[usize::from(self.label_index())]
+    }
+
+    /// Index of [`Reason::label`] in [`Reason::LABELS`] (a compact form for per-check
+    /// histories and counts).
+    #[must_use]
+    pub fn label_index(&self) -> u8 {
         match self {
-            Reason::Ok => "ok",
-            Reason::Timeout => "timeout",
-            Reason::Refused => "refused",
-            Reason::Unreachable { .. } => "unreachable",
-            Reason::ConnectionClosed { .. } => "connection_closed",
-            Reason::Status { .. } => "status",
-            Reason::BodyMismatch => "body_mismatch",
-            Reason::HeaderMismatch { .. } => "header_mismatch",
-            Reason::Protocol { .. } => "protocol",
-            Reason::Tls { .. } => "tls",
-            Reason::PayloadMismatch => "payload_mismatch",
-            Reason::DnsRcode { .. } => "dns_rcode",
-            Reason::DnsAnswerMismatch => "dns_answer_mismatch",
-            Reason::Local { .. } => "local",
+            Reason::Ok => 0,
+            Reason::Timeout => 1,
+            Reason::Refused => 2,
+            Reason::Unreachable { .. } => 3,
+            Reason::ConnectionClosed { .. } => 4,
+            Reason::Status { .. } => 5,
+            Reason::BodyMismatch => 6,
+            Reason::HeaderMismatch { .. } => 7,
+            Reason::Protocol { .. } => 8,
+            Reason::Tls { .. } => 9,
+            Reason::PayloadMismatch => 10,
+            Reason::DnsRcode { .. } => 11,
+            Reason::DnsAnswerMismatch => 12,
+            Reason::Local { .. } => 13,
         }
     }
 }

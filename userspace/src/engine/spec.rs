@@ -31,12 +31,107 @@ impl fmt::Display for CheckId {
     }
 }
 
+/// A target's host as the operator wrote it: kept inline up to 22 bytes (every IPv4
+/// address, most IPv6 addresses and host names), boxed beyond. A million checks on
+/// one node would otherwise hold a million tiny heap strings. Reads as a `&str`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct HostName(HostRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum HostRepr {
+    Inline {
+        len: u8,
+        bytes: [u8; HostName::INLINE],
+    },
+    Boxed(Box<str>),
+}
+
+impl HostName {
+    /// Longest host kept inline.
+    pub const INLINE: usize = 22;
+
+    /// The host as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Built from a `&str` of `len` bytes in `From<&str>`: valid UTF-8.
+            HostRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            HostRepr::Boxed(s) => s,
+        }
+    }
+}
+
+impl From<&str> for HostName {
+    fn from(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Self(HostRepr::Inline { len, bytes })
+            }
+            _ => Self(HostRepr::Boxed(s.into())),
+        }
+    }
+}
+
+impl From<String> for HostName {
+    fn from(s: String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl std::ops::Deref for HostName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for HostName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HostName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for HostName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HostName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from)
+    }
+}
+
 /// Where a check probes: an address (or host name, resolved at load) and a port
 /// (ignored by ICMP).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     /// Host name or IP address as written by the operator.
-    pub host: String,
+    pub host: HostName,
     /// Resolved address.
     pub addr: IpAddr,
     /// Port (0 for ICMP).
@@ -155,10 +250,11 @@ pub enum ProbeSpec {
     Http(Box<HttpSpec>),
     /// ICMP/ICMPv6 echo.
     Icmp,
-    /// UDP payload and expected answer.
-    Udp(UdpSpec),
+    /// UDP payload and expected answer (boxed, like HTTP: a `tcp_syn` check's spec
+    /// should not be as large as the largest kind's).
+    Udp(Box<UdpSpec>),
     /// DNS query.
-    Dns(DnsSpec),
+    Dns(Box<DnsSpec>),
 }
 
 impl ProbeSpec {
@@ -235,4 +331,33 @@ pub struct CheckSpec {
     pub initial: InitialState,
     /// Operator labels (for filters and metrics).
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostName;
+
+    #[test]
+    fn host_names_read_back_as_written_inline_or_boxed() {
+        assert_eq!(std::mem::size_of::<HostName>(), 24);
+        for host in [
+            "",
+            "198.18.0.1",
+            "255.255.255.255",
+            "2001:db8:ffff::1234:1",
+            "exactly-22-bytes.local",
+            "a-longer-host-name.example.internal",
+            "2001:0db8:0000:0000:0000:ff00:0042:8329",
+            "héllo-ünïcode.example",
+        ] {
+            let h = HostName::from(host);
+            assert_eq!(h.as_str(), host);
+            assert_eq!(h, host);
+            assert_eq!(h.to_string(), host);
+            assert_eq!(format!("{h:?}"), format!("{host:?}"));
+            let json = serde_json::to_string(&h).unwrap();
+            assert_eq!(json, serde_json::to_string(host).unwrap());
+            assert_eq!(serde_json::from_str::<HostName>(&json).unwrap(), h);
+        }
+    }
 }

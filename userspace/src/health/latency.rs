@@ -150,33 +150,46 @@ fn bucket_range(b: u16) -> (u64, u64) {
     ((SUB + m) * width, width)
 }
 
-/// A sparse log-linear histogram of microsecond values.
+fn bucket_count(e: [u16; 3]) -> u32 {
+    u32::from(e[1]) | u32::from(e[2]) << 16
+}
+
+/// A sparse log-linear histogram of microsecond values: 32 bytes plus 6 per bucket
+/// that holds values, allocated exactly (a new bucket rebuilds the slice; a check's
+/// latency settles in a few buckets, so this is rare).
 #[derive(Clone, Debug, Default)]
 pub struct Compact {
-    /// `(bucket, count)`, sorted by bucket; counts saturate.
-    buckets: Vec<(u16, u32)>,
+    /// `[bucket, count low 16 bits, count high 16 bits]` (6 bytes where a
+    /// `(u16, u32)` takes 8), sorted by bucket; counts saturate at `u32::MAX`.
+    buckets: Box<[[u16; 3]]>,
     /// Values recorded.
     count: u64,
-    /// Largest value recorded (exact).
-    max: u64,
+    /// Largest value recorded (exact; values are at most [`HIGHEST_US`]).
+    max: u32,
 }
 
 impl Compact {
     /// Record `us` (already clamped to the range).
     pub fn record(&mut self, us: u64) {
         let b = bucket(us);
-        match self.buckets.binary_search_by_key(&b, |&(k, _)| k) {
-            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
-            Err(i) => {
-                // Grow by small steps: a check's latency spans few buckets.
-                if self.buckets.len() == self.buckets.capacity() {
-                    self.buckets.reserve_exact(4);
+        match self.buckets.binary_search_by_key(&b, |e| e[0]) {
+            Ok(i) => {
+                let e = &mut self.buckets[i];
+                let n = bucket_count(*e).saturating_add(1);
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    (e[1], e[2]) = (n as u16, (n >> 16) as u16);
                 }
-                self.buckets.insert(i, (b, 1));
+            }
+            Err(i) => {
+                let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+                buckets.reserve_exact(1);
+                buckets.insert(i, [b, 1, 0]);
+                self.buckets = buckets.into_boxed_slice();
             }
         }
         self.count += 1;
-        self.max = self.max.max(us);
+        self.max = self.max.max(u32::try_from(us).unwrap_or(u32::MAX));
     }
 
     /// The value at quantile `q` (0..=1): the midpoint of its bucket, at most `max`.
@@ -186,7 +199,7 @@ impl Compact {
             return 0;
         }
         if q >= 1.0 {
-            return self.max;
+            return u64::from(self.max);
         }
         #[allow(
             clippy::cast_precision_loss,
@@ -195,14 +208,15 @@ impl Compact {
         )]
         let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
-        for &(b, c) in &self.buckets {
-            seen += u64::from(c);
+        for &e in &self.buckets {
+            let b = e[0];
+            seen += u64::from(bucket_count(e));
             if seen >= rank {
                 let (lo, width) = bucket_range(b);
-                return (lo + width / 2).min(self.max);
+                return (lo + width / 2).min(u64::from(self.max));
             }
         }
-        self.max
+        u64::from(self.max)
     }
 
     /// Values recorded.
@@ -220,14 +234,17 @@ impl Compact {
     /// Heap bytes held (for the memory bound's tests).
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
+        self.buckets.len() * std::mem::size_of::<[u16; 3]>()
     }
 }
 
-/// One lazily allocated histogram per [`Phase`].
+/// One histogram per [`Phase`]: the RTT's inline (every probe kind has one), the
+/// stateful phases' allocated together on the first value of one of them.
 #[derive(Clone, Debug, Default)]
 pub struct LatencyRecorder {
-    hists: [Option<Box<Compact>>; 5],
+    rtt: Compact,
+    /// Connect, TLS, first byte, total.
+    phases: Option<Box<[Compact; 4]>>,
 }
 
 impl LatencyRecorder {
@@ -237,24 +254,32 @@ impl LatencyRecorder {
         Self::default()
     }
 
+    fn hist(&self, phase: Phase) -> Option<&Compact> {
+        match phase.index() {
+            0 => Some(&self.rtt),
+            i => self.phases.as_ref().map(|p| &p[i - 1]),
+        }
+    }
+
     /// Record `value` for `phase`, clamped to 1 µs ..= 60 s.
     pub fn record(&mut self, phase: Phase, value: Duration) {
         let us = u64::try_from(value.as_micros())
             .unwrap_or(HIGHEST_US)
             .clamp(LOWEST_US, HIGHEST_US);
-        self.hists[phase.index()]
-            .get_or_insert_with(Box::default)
-            .record(us);
+        match phase.index() {
+            0 => self.rtt.record(us),
+            i => self.phases.get_or_insert_with(Box::default)[i - 1].record(us),
+        }
     }
 
     /// Heap bytes held by the histograms.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.hists
-            .iter()
-            .flatten()
-            .map(|h| std::mem::size_of::<Compact>() + h.heap_bytes())
-            .sum()
+        self.rtt.heap_bytes()
+            + self.phases.as_ref().map_or(0, |p| {
+                std::mem::size_of::<[Compact; 4]>()
+                    + p.iter().map(Compact::heap_bytes).sum::<usize>()
+            })
     }
 
     /// Record every measured timing of `result`. The caller decides whether the
@@ -270,12 +295,12 @@ impl LatencyRecorder {
     /// Percentiles of `phase`.
     #[must_use]
     pub fn summary(&self, phase: Phase) -> LatencySummary {
-        match &self.hists[phase.index()] {
+        match self.hist(phase) {
             Some(h) if !h.is_empty() => LatencySummary {
                 p50_us: h.quantile(0.50),
                 p90_us: h.quantile(0.90),
                 p99_us: h.quantile(0.99),
-                max_us: h.max,
+                max_us: u64::from(h.max),
                 count: h.len(),
             },
             _ => LatencySummary::default(),
@@ -294,7 +319,7 @@ impl LatencyRecorder {
 
     /// Forget every value (and free the histograms).
     pub fn reset(&mut self) {
-        self.hists = Default::default();
+        *self = Self::default();
     }
 }
 
@@ -335,6 +360,18 @@ mod compact_tests {
         let mut one = Compact::default();
         one.record(7);
         assert_eq!((one.quantile(0.5), one.quantile(0.99)), (7, 7));
+    }
+
+    #[test]
+    fn bucket_counts_carry_past_16_bits() {
+        let mut h = Compact::default();
+        for _ in 0..70_000 {
+            h.record(7);
+        }
+        h.record(9);
+        assert_eq!(bucket_count(h.buckets[0]), 70_000);
+        assert_eq!(bucket_count(h.buckets[1]), 1);
+        assert_eq!((h.quantile(0.99), h.quantile(1.0), h.len()), (7, 9, 70_001));
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl CheckHealth {
             id: spec.id.clone(),
             state: self.state(),
             since_unix_ms: state::unix_ms(self.since_wall()),
-            last_result: self.last_result().cloned(),
+            last_result: self.last_result(),
             consecutive_ok: self.consecutive_ok(),
             consecutive_fail: self.consecutive_fail(),
             latency: self.latency(),
@@ -164,7 +164,9 @@ impl HealthTable {
                 Replaced::Kept
             }
             Some(health) => {
-                **health = CheckHealth::with_config(spec, now, self.config);
+                let mut fresh = CheckHealth::with_config(spec, now, self.config);
+                fresh.inherit_outcomes(health);
+                **health = fresh;
                 Replaced::Reset
             }
             None => {

@@ -1,7 +1,9 @@
 //! A bounded ring buffer: the newest `capacity` items, oldest dropped first. Owns the
 //! memory bound of per-check history (results and transitions).
-
-use std::collections::{vec_deque, VecDeque};
+//!
+//! 32 bytes inline (a `VecDeque` and a capacity take 40): a million checks hold two
+//! each. Items are appended in order until the ring is full; from then on the oldest
+//! is overwritten in place and `head` marks where the oldest now is.
 
 use serde::{Serialize, Serializer};
 
@@ -10,42 +12,42 @@ use serde::{Serialize, Serializer};
 /// slots.
 #[derive(Clone, Debug)]
 pub struct Ring<T> {
-    items: VecDeque<T>,
-    capacity: usize,
+    /// Oldest at `head` once full (`len == capacity`); in push order before.
+    items: Vec<T>,
+    head: u32,
+    capacity: u32,
 }
 
 impl<T> Ring<T> {
-    /// An empty ring holding at most `capacity` items (0 keeps nothing).
+    /// An empty ring holding at most `capacity` items (0 keeps nothing; at most
+    /// `u32::MAX`).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            items: VecDeque::new(),
-            capacity,
+            items: Vec::new(),
+            head: 0,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         }
-    }
-
-    /// Hold at most `capacity` items from now on (the oldest are dropped).
-    pub fn set_capacity(&mut self, capacity: usize) {
-        while self.items.len() > capacity {
-            self.items.pop_front();
-        }
-        self.capacity = capacity;
-        self.items.shrink_to(capacity);
     }
 
     /// Append `item`, dropping the oldest item when full.
     pub fn push(&mut self, item: T) {
-        if self.capacity == 0 {
+        let capacity = self.capacity();
+        if capacity == 0 {
             return;
         }
-        if self.items.len() == self.capacity {
-            self.items.pop_front();
-        } else if self.items.len() == self.items.capacity() {
+        if self.items.len() == capacity {
+            let head = self.head as usize;
+            self.items[head] = item;
+            self.head = u32::try_from((head + 1) % capacity).unwrap_or(0);
+            return;
+        }
+        if self.items.len() == self.items.capacity() {
             // Grow by doubling, but never past `capacity` slots.
-            let want = (self.items.len() * 2).max(1).min(self.capacity);
+            let want = (self.items.len() * 2).max(1).min(capacity);
             self.items.reserve_exact(want - self.items.len());
         }
-        self.items.push_back(item);
+        self.items.push(item);
     }
 
     /// Items held (at most [`Ring::capacity`]).
@@ -63,11 +65,11 @@ impl<T> Ring<T> {
     /// Most items held at once.
     #[must_use]
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 
-    /// Slots actually allocated (never more than `capacity`, rounded up by the
-    /// allocator's minimum; exposed so tests can check the memory bound).
+    /// Slots actually allocated (never more than `capacity`; exposed so tests can
+    /// check the memory bound).
     #[must_use]
     pub fn allocated(&self) -> usize {
         self.items.capacity()
@@ -76,38 +78,59 @@ impl<T> Ring<T> {
     /// The newest item.
     #[must_use]
     pub fn last(&self) -> Option<&T> {
-        self.items.back()
+        match self.head as usize {
+            0 => self.items.last(),
+            head => self.items.get(head - 1),
+        }
     }
 
     /// Items, oldest first.
-    pub fn iter(&self) -> vec_deque::Iter<'_, T> {
-        self.items.iter()
-    }
-
-    /// The newest `n` items (fewer if fewer are held), oldest first.
-    pub fn newest(&self, n: usize) -> vec_deque::Iter<'_, T> {
-        let skip = self.items.len().saturating_sub(n);
-        self.items.range(skip..)
+    pub fn iter(&self) -> std::iter::Chain<std::slice::Iter<'_, T>, std::slice::Iter<'_, T>> {
+        let (newer, older) = self.items.split_at(self.head as usize);
+        older.iter().chain(newer.iter())
     }
 
     /// Drop every item (the allocation is kept).
     pub fn clear(&mut self) {
         self.items.clear();
-    }
-}
-
-impl<'a, T> IntoIterator for &'a Ring<T> {
-    type Item = &'a T;
-    type IntoIter = vec_deque::Iter<'a, T>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
+        self.head = 0;
     }
 }
 
 /// Serialised as a sequence, oldest first.
 impl<T: Serialize> Serialize for Ring<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.items.iter())
+        serializer.collect_seq(self.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ring;
+
+    #[test]
+    fn keeps_the_newest_in_order_and_never_grows_past_its_capacity() {
+        let mut r = Ring::new(5);
+        assert!(r.is_empty() && r.last().is_none());
+        for i in 0..3 {
+            r.push(i);
+        }
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        for i in 3..13 {
+            r.push(i);
+            assert_eq!(r.last(), Some(&i));
+        }
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), [8, 9, 10, 11, 12]);
+        assert_eq!(r.iter().next_back(), Some(&12));
+        assert_eq!((r.len(), r.allocated()), (5, 5));
+        r.clear();
+        assert!(r.is_empty());
+        r.push(7);
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), [7]);
+
+        let mut none = Ring::new(0);
+        none.push(1);
+        assert!(none.is_empty());
+        assert_eq!(std::mem::size_of::<Ring<u64>>(), 32);
     }
 }

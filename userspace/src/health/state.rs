@@ -33,6 +33,7 @@
 //! Serialised instants are `*_ms`: milliseconds since this state was created.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -168,68 +169,256 @@ pub struct LastResult {
 }
 
 /// Health state machine, history and latency of one check.
+///
+/// Kept small, as a node holds a million of them (bench/scale.sh): a steady check
+/// holds its fixed part, 8 bytes per result of its history, its transitions (96
+/// bytes each, plus the reasons of failures that decided them) and a few 8-byte
+/// latency buckets. Failure reasons are kept only as long as a transition may cite
+/// them; successes are a bit in `window_bits`.
 #[derive(Clone, Debug)]
 pub struct CheckHealth {
     /// Shared with the daemon's check table (one copy per check).
     spec: Arc<CheckSpec>,
-    state: Health,
     created: Instant,
-    created_wall: SystemTime,
+    /// Wall time of `created`, nanoseconds since the Unix epoch (0 before it).
+    created_wall_ns: u64,
     since: Instant,
-    consecutive_ok: u32,
-    consecutive_fail: u32,
+    results_seen: u64,
     /// Outcomes, newest in bit 0 (1 = success).
     window_bits: u64,
+    consecutive_ok: u32,
+    consecutive_fail: u32,
     /// Outcomes in `window_bits` (<= 64).
-    window_seen: u32,
-    /// Newest results with full reasons, to explain transitions.
-    recent: Ring<(bool, Reason)>,
-    last: Option<LastResult>,
-    results_seen: u64,
+    window_seen: u8,
+    state: Health,
+    last: Option<Last>,
+    /// Reasons of the failures among the newest [`deciding_capacity`] results, by
+    /// result number (`results_seen` when it was observed), to explain transitions.
+    /// `None` (nothing allocated) while there is none. Boxed: 8 bytes inline instead
+    /// of a `VecDeque`'s 32 in every check, most of which keep no failure.
+    #[allow(clippy::box_collection)]
+    failures: Option<Box<VecDeque<(u64, Reason)>>>,
     /// Compact results (see [`Slot`]); [`CheckHealth::history`] expands them.
     history: Ring<Slot>,
-    transitions: Ring<Transition>,
+    transitions: Ring<StoredTransition>,
     latency: LatencyRecorder,
+    outcomes: OutcomeCounts,
 }
 
-/// One result of the history in 16 bytes (a [`HistoryEntry`] takes 72): the low 32
-/// bits of the sequence number and of `at_ms` (the full values are rebuilt from the
-/// latest result, which the history's entries are within 2^32 of), the RTT in whole
-/// microseconds (`u32::MAX`: none; longer RTTs saturate at ~71 minutes), the reason's
-/// label as an index into [`reason_labels`], success and clock.
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    seq: u32,
-    at_ms: u32,
-    rtt_us: u32,
-    reason: u8,
+/// The latest result, as kept (expanded by [`CheckHealth::last_result`]).
+#[derive(Clone, Debug)]
+struct Last {
+    seq: u64,
+    at: Instant,
+    reason: Reason,
+    /// RTT in ns, `u64::MAX` for none.
+    rtt_ns: u64,
+    cert_days_left: Option<i32>,
+    http_status: Option<u16>,
     ok: bool,
     kernel_clock: bool,
 }
 
-/// Labels of the reasons seen so far, interned: a [`Slot`] keeps an index (reason
-/// labels are a small fixed set of `&'static str`).
-fn reason_index(label: &'static str) -> u8 {
-    let mut labels = REASON_LABELS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(i) = labels.iter().position(|l| *l == label) {
-        return u8::try_from(i).unwrap_or(u8::MAX);
+/// One result of the history in 8 bytes (a [`HistoryEntry`] takes 72), rebuilt
+/// from the latest result, which is kept in full:
+///
+/// - bits 0-31: the low 32 bits of `at_ms` (a history spans far less than 2^32 ms);
+/// - bits 32-39: the low 8 bits of the sequence number. The daemon numbers each
+///   check's probes 1, 2, 3, ..., so consecutive results differ by 1, and any step
+///   below 256 (255 results lost in a row) is rebuilt exactly;
+/// - bits 40-57: the RTT (see [`encode_rtt`]);
+/// - bits 58-61: the reason's [`Reason::label_index`];
+/// - bit 62: success; bit 63: measured by the kernel clock.
+#[derive(Clone, Copy, Debug)]
+struct Slot(u64);
+
+const _: () = assert!(Reason::LABELS.len() <= 16, "a slot keeps 4 bits of label");
+
+/// No RTT (18-bit field).
+const RTT_NONE: u32 = 0x3_ffff;
+/// Set: the rest of the RTT field is whole milliseconds, not microseconds.
+const RTT_IN_MS: u32 = 0x2_0000;
+
+/// An RTT in 18 bits: microseconds, exact, below 2^17 µs (131 ms); whole
+/// milliseconds (flagged) above, up to 131 s (twice the longest timeout). The latest
+/// result keeps its RTT exactly.
+fn encode_rtt(rtt: Option<Duration>) -> u32 {
+    let Some(d) = rtt else { return RTT_NONE };
+    match u32::try_from(d.as_micros()) {
+        Ok(us) if us < RTT_IN_MS => us,
+        _ => {
+            RTT_IN_MS
+                | u32::try_from(d.as_millis()).map_or(RTT_IN_MS - 2, |ms| ms.min(RTT_IN_MS - 2))
+        }
     }
-    labels.push(label);
-    u8::try_from(labels.len() - 1).unwrap_or(u8::MAX)
 }
 
-fn reason_label(i: u8) -> &'static str {
-    REASON_LABELS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(usize::from(i))
-        .copied()
-        .unwrap_or("unknown")
+fn decode_rtt(v: u32) -> Option<Duration> {
+    let v = v & RTT_NONE;
+    if v == RTT_NONE {
+        None
+    } else if v & RTT_IN_MS != 0 {
+        Some(Duration::from_millis(u64::from(v & !RTT_IN_MS)))
+    } else {
+        Some(Duration::from_micros(u64::from(v)))
+    }
 }
 
-static REASON_LABELS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+impl Slot {
+    fn new(result: &CheckResult, at_ms: u64, ok: bool) -> Self {
+        Self(
+            (at_ms & 0xffff_ffff)
+                | ((result.seq & 0xff) << 32)
+                | (u64::from(encode_rtt(result.rtt)) << 40)
+                | (u64::from(result.reason.label_index() & 0xf) << 58)
+                | (u64::from(ok) << 62)
+                | (u64::from(result.clock == Clock::Kernel) << 63),
+        )
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    fn at_ms_low(self) -> u32 {
+        self.0 as u32
+    }
+
+    fn seq_low(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    fn rtt(self) -> Option<Duration> {
+        decode_rtt((self.0 >> 40) as u32)
+    }
+
+    fn ok(self) -> bool {
+        self.0 >> 62 & 1 == 1
+    }
+
+    fn kernel_clock(self) -> bool {
+        self.0 >> 63 == 1
+    }
+
+    fn label(self) -> &'static str {
+        Reason::LABELS
+            .get(((self.0 >> 58) & 0xf) as usize)
+            .copied()
+            .unwrap_or("unknown")
+    }
+}
+
+/// A transition as kept in the check's ring (expanded to a [`Transition`] when read),
+/// in 64 bytes: the check is the state's own, the wall time in milliseconds, the
+/// deciding results as bits plus the reasons of the failures, and the transition's
+/// reason only when it is not the newest deciding result's (never, for transitions
+/// this state decided).
+#[derive(Clone, Debug)]
+struct StoredTransition {
+    at: Instant,
+    at_unix_ms: u64,
+    reason: Option<Box<Reason>>,
+    deciding: Deciding,
+    from: Health,
+    to: Health,
+}
+
+/// Up to [`MAX_DECIDING_RESULTS`] `(ok, reason)` pairs: a success is a bit (its reason
+/// is [`Reason::Ok`]), a failure a bit and its reason.
+#[derive(Clone, Debug, Default)]
+struct Deciding {
+    /// Bit i: result i (oldest first) succeeded.
+    ok: u64,
+    /// The failures' reasons, oldest first.
+    failures: Box<[Reason]>,
+    len: u8,
+}
+
+impl Deciding {
+    /// The newest [`MAX_DECIDING_RESULTS`] of `results` (oldest first). A result counts
+    /// as a success exactly when its reason is `Ok`, as [`CheckHealth::observe`] judges.
+    fn of(results: &[(bool, Reason)]) -> Self {
+        let results = &results[results.len().saturating_sub(MAX_DECIDING_RESULTS)..];
+        let mut d = Deciding {
+            len: u8::try_from(results.len()).unwrap_or(u8::MAX),
+            ..Deciding::default()
+        };
+        let mut failures = Vec::new();
+        for (i, (_, reason)) in results.iter().enumerate() {
+            if reason.is_ok() {
+                d.ok |= 1 << i;
+            } else {
+                failures.push(reason.clone());
+            }
+        }
+        d.failures = failures.into_boxed_slice();
+        d
+    }
+
+    fn expand(&self) -> Vec<(bool, Reason)> {
+        let mut failures = self.failures.iter();
+        (0..usize::from(self.len))
+            .map(|i| {
+                if self.ok >> i & 1 == 1 {
+                    (true, Reason::Ok)
+                } else {
+                    (false, failures.next().cloned().unwrap_or(Reason::Ok))
+                }
+            })
+            .collect()
+    }
+
+    /// The newest result's reason.
+    fn newest(&self) -> Option<Reason> {
+        let i = usize::from(self.len).checked_sub(1)?;
+        if self.ok >> i & 1 == 1 {
+            Some(Reason::Ok)
+        } else {
+            self.failures.last().cloned()
+        }
+    }
+}
+
+/// Probe counts by outcome label ([`Reason::label_index`]), in 24 bytes: the first
+/// label inline (the label in the top 8 bits, the count in the low 56: 7e16 probes),
+/// further ones in a boxed slice rebuilt when a new label appears (at most 13 times).
+#[derive(Clone, Debug, Default)]
+struct OutcomeCounts {
+    /// Label << 56 | count; 0: nothing counted yet.
+    first: u64,
+    more: Box<[(u8, u64)]>,
+}
+
+impl OutcomeCounts {
+    const COUNT: u64 = (1 << 56) - 1;
+
+    fn add(&mut self, label: u8) {
+        let first_label = (self.first >> 56) as u8;
+        if self.first == 0 || first_label == label {
+            let n = (self.first & Self::COUNT) + 1;
+            self.first = u64::from(label) << 56 | n.min(Self::COUNT);
+        } else if let Some(e) = self.more.iter_mut().find(|e| e.0 == label) {
+            e.1 += 1;
+        } else {
+            let mut more = std::mem::take(&mut self.more).into_vec();
+            more.reserve_exact(1);
+            more.push((label, 1));
+            self.more = more.into_boxed_slice();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let first = ((self.first >> 56) as u8, self.first & Self::COUNT);
+        std::iter::once(first)
+            .filter(|e| e.1 > 0)
+            .chain(self.more.iter().copied())
+            .map(|(l, n)| {
+                let label = Reason::LABELS
+                    .get(usize::from(l))
+                    .copied()
+                    .unwrap_or("unknown");
+                (label, n)
+            })
+    }
+}
 
 /// Results kept to explain a transition of a check with `thresholds`: the longest run
 /// a transition can cite (rise or fall, or the window), at most
@@ -266,20 +455,23 @@ impl CheckHealth {
     ) -> Self {
         Self {
             state: spec.initial.into(),
-            recent: Ring::new(deciding_capacity(spec.thresholds)),
             spec,
             created: now,
-            created_wall: wall_now,
+            created_wall_ns: wall_now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             since: now,
+            results_seen: 0,
+            window_bits: 0,
             consecutive_ok: 0,
             consecutive_fail: 0,
-            window_bits: 0,
             window_seen: 0,
             last: None,
-            results_seen: 0,
+            failures: None,
             history: Ring::new(config.history),
             transitions: Ring::new(config.transitions),
             latency: LatencyRecorder::new(),
+            outcomes: OutcomeCounts::default(),
         }
     }
 
@@ -293,6 +485,7 @@ impl CheckHealth {
             return None;
         }
         let ok = result.reason.is_ok();
+        self.outcomes.add(result.reason.label_index());
         if ok {
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_fail = 0;
@@ -302,51 +495,41 @@ impl CheckHealth {
             self.consecutive_ok = 0;
         }
         self.window_bits = (self.window_bits << 1) | u64::from(ok);
-        self.window_seen = (self.window_seen + 1).min(64);
+        self.window_seen = self.window_seen.saturating_add(1).min(64);
         self.results_seen += 1;
-        self.recent.push((ok, result.reason.clone()));
+        self.keep_failure(ok, &result.reason);
         let at_ms = self.ms_since_created(now);
-        #[allow(clippy::cast_possible_truncation)]
-        self.history.push(Slot {
-            seq: result.seq as u32,
-            at_ms: at_ms as u32,
-            rtt_us: result.rtt.map_or(u32::MAX, |d| {
-                u32::try_from(d.as_micros())
-                    .unwrap_or(u32::MAX - 1)
-                    .min(u32::MAX - 1)
+        self.history.push(Slot::new(result, at_ms, ok));
+        self.last = Some(Last {
+            seq: result.seq,
+            at: now,
+            reason: result.reason.clone(),
+            rtt_ns: result.rtt.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
             }),
-            reason: reason_index(result.reason.label()),
+            cert_days_left: result
+                .cert_days_left
+                .map(|d| i32::try_from(d).unwrap_or(if d < 0 { i32::MIN } else { i32::MAX })),
+            http_status: result.http_status,
             ok,
             kernel_clock: result.clock == Clock::Kernel,
-        });
-        self.last = Some(LastResult {
-            seq: result.seq,
-            ok,
-            reason: result.reason.clone(),
-            rtt: result.rtt,
-            clock: result.clock,
-            http_status: result.http_status,
-            cert_days_left: result.cert_days_left,
-            at: now,
-            at_ms,
-            at_wall: self.wall_at(now),
         });
 
         let to = self.verdict(ok)?;
         if to == self.state {
             return None;
         }
-        let deciding = self.deciding_len(to);
-        let transition = Transition {
-            check: self.spec.id.clone(),
+        let deciding = self.deciding(self.deciding_len(to));
+        let stored = StoredTransition {
+            at: now,
+            at_unix_ms: unix_ms(self.wall_at(now)),
+            reason: (deciding.newest().as_ref() != Some(&result.reason))
+                .then(|| Box::new(result.reason.clone())),
+            deciding,
             from: self.state,
             to,
-            at: now,
-            at_ms,
-            at_wall: self.wall_at(now),
-            reason: result.reason.clone(),
-            results: self.recent.newest(deciding).cloned().collect(),
         };
+        let transition = self.expand(&stored);
         tracing::info!(
             check = %self.spec.id,
             from = ?transition.from,
@@ -356,8 +539,87 @@ impl CheckHealth {
         );
         self.state = to;
         self.since = now;
-        self.transitions.push(transition.clone());
+        self.transitions.push(stored);
         Some(transition)
+    }
+
+    /// Keep the reason of the newest result (number `results_seen`) if it failed, and
+    /// drop the kept reasons no transition can cite any more.
+    fn keep_failure(&mut self, ok: bool, reason: &Reason) {
+        let cap = deciding_capacity(self.spec.thresholds) as u64;
+        let consecutive = matches!(self.spec.thresholds, Thresholds::Consecutive { .. });
+        if ok && consecutive {
+            // A run of failures is over: a transition to Unhealthy cites only the
+            // current run, one to Healthy only successes.
+            self.failures = None;
+            return;
+        }
+        if !ok {
+            self.failures
+                .get_or_insert_with(Box::default)
+                .push_back((self.results_seen, reason.clone()));
+        }
+        self.forget_old_failures(cap);
+    }
+
+    /// Drop kept failure reasons older than the newest `cap` results.
+    fn forget_old_failures(&mut self, cap: u64) {
+        if let Some(f) = &mut self.failures {
+            while f.front().is_some_and(|(n, _)| n + cap <= self.results_seen) {
+                f.pop_front();
+            }
+            if f.is_empty() {
+                self.failures = None;
+            }
+        }
+    }
+
+    /// The newest `len` results (oldest first), to cite in a transition.
+    fn deciding(&self, len: usize) -> Deciding {
+        let len = len
+            .min(MAX_DECIDING_RESULTS)
+            .min(usize::try_from(self.results_seen).unwrap_or(MAX_DECIDING_RESULTS));
+        let mut d = Deciding {
+            len: u8::try_from(len).unwrap_or(u8::MAX),
+            ..Deciding::default()
+        };
+        let mut failures = Vec::new();
+        for i in 0..len {
+            // Result i of the deciding ones is `back` results before the newest.
+            let back = len - 1 - i;
+            if self.window_bits >> back & 1 == 1 {
+                d.ok |= 1 << i;
+            } else {
+                let n = self.results_seen - back as u64;
+                let reason = self
+                    .failures
+                    .as_ref()
+                    .and_then(|f| f.iter().find(|(m, _)| *m == n))
+                    .map(|(_, r)| r.clone());
+                debug_assert!(reason.is_some(), "failure {n} not kept");
+                failures.push(reason.unwrap_or(Reason::Local {
+                    detail: "reason not kept".to_owned(),
+                }));
+            }
+        }
+        d.failures = failures.into_boxed_slice();
+        d
+    }
+
+    fn expand(&self, t: &StoredTransition) -> Transition {
+        Transition {
+            check: self.spec.id.clone(),
+            from: t.from,
+            to: t.to,
+            at: t.at,
+            at_ms: self.ms_since_created(t.at),
+            at_wall: UNIX_EPOCH + Duration::from_millis(t.at_unix_ms),
+            reason: match &t.reason {
+                Some(r) => (**r).clone(),
+                None => t.deciding.newest().unwrap_or(Reason::Ok),
+            },
+            results: t.deciding.expand(),
+        }
     }
 
     /// The decided verdict after the latest result (`ok`), if any.
@@ -412,7 +674,7 @@ impl CheckHealth {
     #[must_use]
     pub fn window_counts(&self) -> (u32, u32) {
         let (window, _) = self.window_rule();
-        let seen = self.window_seen.min(window);
+        let seen = u32::from(self.window_seen).min(window);
         let mask = if seen >= 64 {
             u64::MAX
         } else {
@@ -469,7 +731,15 @@ impl CheckHealth {
             .unwrap_or_default();
         self.since = now.checked_sub(ago).unwrap_or(self.created);
         for t in transitions {
-            self.transitions.push(t);
+            let deciding = Deciding::of(&t.results);
+            self.transitions.push(StoredTransition {
+                at: t.at,
+                at_unix_ms: unix_ms(t.at_wall),
+                reason: (deciding.newest().as_ref() != Some(&t.reason)).then(|| Box::new(t.reason)),
+                deciding,
+                from: t.from,
+                to: t.to,
+            });
         }
     }
 
@@ -488,7 +758,9 @@ impl CheckHealth {
     /// Display wall time of the monotonic `at` (creation wall time plus elapsed).
     #[must_use]
     pub fn wall_at(&self, at: Instant) -> SystemTime {
-        self.created_wall + at.saturating_duration_since(self.created)
+        UNIX_EPOCH
+            + Duration::from_nanos(self.created_wall_ns)
+            + at.saturating_duration_since(self.created)
     }
 
     /// Successes in a row ending with the latest result.
@@ -509,10 +781,37 @@ impl CheckHealth {
         self.results_seen
     }
 
+    /// Probes counted by outcome ([`Reason::label`]) since creation, in the order the
+    /// outcomes first appeared (for metrics).
+    pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.outcomes.iter()
+    }
+
     /// The latest result.
     #[must_use]
-    pub fn last_result(&self) -> Option<&LastResult> {
-        self.last.as_ref()
+    pub fn last_result(&self) -> Option<LastResult> {
+        self.last.as_ref().map(|l| LastResult {
+            seq: l.seq,
+            ok: l.ok,
+            reason: l.reason.clone(),
+            rtt: (l.rtt_ns != u64::MAX).then(|| Duration::from_nanos(l.rtt_ns)),
+            clock: if l.kernel_clock {
+                Clock::Kernel
+            } else {
+                Clock::Userspace
+            },
+            http_status: l.http_status,
+            cert_days_left: l.cert_days_left.map(i64::from),
+            at: l.at,
+            at_ms: self.ms_since_created(l.at),
+            at_wall: self.wall_at(l.at),
+        })
+    }
+
+    /// Whether the latest result succeeded (`None` before the first).
+    #[must_use]
+    pub fn last_ok(&self) -> Option<bool> {
+        self.last.as_ref().map(|l| l.ok)
     }
 
     /// The last [`HealthConfig::history`] results, oldest first.
@@ -521,22 +820,36 @@ impl CheckHealth {
         let Some(last) = &self.last else {
             return Vec::new();
         };
+        let last_at_ms = self.ms_since_created(last.at);
         #[allow(clippy::cast_possible_truncation)]
-        let (seq_low, at_low) = (last.seq as u32, last.at_ms as u32);
+        let at_low = last_at_ms as u32;
+        // Sequence numbers, rebuilt newest to oldest from the latest result's.
+        let mut seqs = Vec::with_capacity(self.history.len());
+        let mut seq = last.seq;
+        let mut next_low: Option<u8> = None;
+        for s in self.history.iter().rev() {
+            if let Some(next) = next_low {
+                let step = match next.wrapping_sub(s.seq_low()) {
+                    0 => 256,
+                    d => u64::from(d),
+                };
+                seq = seq.saturating_sub(step);
+            }
+            next_low = Some(s.seq_low());
+            seqs.push(seq);
+        }
         self.history
             .iter()
-            .map(|s| {
-                let at_ms = last
-                    .at_ms
-                    .saturating_sub(u64::from(at_low.wrapping_sub(s.at_ms)));
+            .zip(seqs.into_iter().rev())
+            .map(|(s, seq)| {
+                let at_ms =
+                    last_at_ms.saturating_sub(u64::from(at_low.wrapping_sub(s.at_ms_low())));
                 HistoryEntry {
-                    seq: last
-                        .seq
-                        .saturating_sub(u64::from(seq_low.wrapping_sub(s.seq))),
-                    ok: s.ok,
-                    reason: reason_label(s.reason),
-                    rtt: (s.rtt_us != u32::MAX).then(|| Duration::from_micros(u64::from(s.rtt_us))),
-                    clock: if s.kernel_clock {
+                    seq,
+                    ok: s.ok(),
+                    reason: s.label(),
+                    rtt: s.rtt(),
+                    clock: if s.kernel_clock() {
                         Clock::Kernel
                     } else {
                         Clock::Userspace
@@ -554,25 +867,51 @@ impl CheckHealth {
         self.history.len()
     }
 
-    /// Heap bytes held by this check's state beyond the struct itself (histories and
-    /// histograms; the spec is shared and not counted): the memory bound's tests.
+    /// Heap bytes held by this check's state beyond the struct itself (histories,
+    /// kept reasons and histograms; the spec is shared and not counted): the memory
+    /// bound's tests.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
+        let reason = std::mem::size_of::<Reason>();
         self.history.allocated() * std::mem::size_of::<Slot>()
-            + self.recent.allocated() * std::mem::size_of::<(bool, Reason)>()
-            + self.transitions.allocated() * std::mem::size_of::<Transition>()
+            + self.failures.as_ref().map_or(0, |f| {
+                std::mem::size_of::<VecDeque<(u64, Reason)>>()
+                    + f.capacity() * std::mem::size_of::<(u64, Reason)>()
+            })
+            + self.transitions.allocated() * std::mem::size_of::<StoredTransition>()
             + self
                 .transitions
                 .iter()
-                .map(|t| t.results.capacity() * std::mem::size_of::<(bool, Reason)>())
+                .map(|t| {
+                    t.deciding.failures.len() * reason + t.reason.as_ref().map_or(0, |_| reason)
+                })
                 .sum::<usize>()
+            + self.outcomes.more.len() * std::mem::size_of::<(u8, u64)>()
             + self.latency.heap_bytes()
+    }
+
+    /// Failure reasons kept to explain a coming transition (memory tests).
+    #[must_use]
+    pub fn kept_failures(&self) -> usize {
+        self.failures.as_ref().map_or(0, |f| f.len())
     }
 
     /// The last [`HealthConfig::transitions`] transitions, oldest first.
     #[must_use]
-    pub fn transitions(&self) -> &Ring<Transition> {
-        &self.transitions
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.transitions.iter().map(|t| self.expand(t)).collect()
+    }
+
+    /// Transitions held.
+    #[must_use]
+    pub fn transitions_len(&self) -> usize {
+        self.transitions.len()
+    }
+
+    /// Transition slots allocated (never more than [`HealthConfig::transitions`]).
+    #[must_use]
+    pub fn transitions_allocated(&self) -> usize {
+        self.transitions.allocated()
     }
 
     /// Latency percentiles of every phase (successful results only).
@@ -590,8 +929,14 @@ impl CheckHealth {
     /// Adopt `spec` keeping all state (the caller checked that the probe definition,
     /// target and probe, is unchanged). New thresholds apply from the next result.
     pub(super) fn set_spec(&mut self, spec: Arc<CheckSpec>) {
-        self.recent.set_capacity(deciding_capacity(spec.thresholds));
         self.spec = spec;
+        self.forget_old_failures(deciding_capacity(self.spec.thresholds) as u64);
+    }
+
+    /// Take over the outcome counts of `old` (a reset state of the same check id:
+    /// its probe counters keep counting).
+    pub(super) fn inherit_outcomes(&mut self, old: &CheckHealth) {
+        self.outcomes = old.outcomes.clone();
     }
 
     fn ms_since_created(&self, at: Instant) -> u64 {

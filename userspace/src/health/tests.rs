@@ -164,10 +164,7 @@ async fn window_rule_does_not_flap_where_rise1_fall1_does() {
     assert_eq!(t.len(), 1, "{t:?}");
     assert_eq!((t[0].from, t[0].to), (Health::Unknown, Health::Unhealthy));
     // Decided at the 4th result (F F S F: 3 failures, 3-of-5 unreachable).
-    assert_eq!(
-        d.health.transitions().iter().next().unwrap().results.len(),
-        4
-    );
+    assert_eq!(d.health.transitions().first().unwrap().results.len(), 4);
 
     // Failing 1 of every 3: always 3 or 4 successes among 5, one verdict, Healthy.
     let mut d = Driver::new(window(5, 3), InitialState::Unknown);
@@ -366,10 +363,10 @@ async fn history_is_bounded() {
     assert_eq!(h.results_seen(), 10_000);
     assert_eq!(h.history().len(), 32);
     assert_eq!(h.transitions().len(), 16);
-    assert_eq!(h.transitions().allocated(), 16, "never past the bound");
-    // 32 results in 16 bytes each, 16 transitions (each citing its 1 deciding result),
-    // 1 deciding result, 2 latency buckets: about 3 KiB for a check flapping at every
-    // result (the worst case); a steady check holds no transition.
+    assert_eq!(h.transitions_allocated(), 16, "never past the bound");
+    // 32 results in 8 bytes each, 16 transitions of 96 bytes (each citing its 1
+    // deciding result, a failure's reason in 32 more), 1 kept failure reason, 2 latency
+    // buckets: about 2.5 KiB for a check flapping at every result (the worst case).
     let heap = h.heap_bytes();
     assert!(heap < 3_200, "{heap} bytes");
     let seqs: Vec<u64> = h.history().iter().map(|e| e.seq).collect();
@@ -553,11 +550,169 @@ async fn a_steady_check_stays_within_its_memory_budget() {
     }
     assert_eq!(h.transitions().len(), 1, "unknown -> healthy only");
     let heap = h.heap_bytes();
-    // 32 x 16 (history) + 3 x 40 (deciding) + 1 transition (~120 + its 2 results) +
-    // one histogram (~40 + a few 8-byte buckets).
-    assert!(heap <= 1_000, "{heap} bytes");
-    println!(
-        "steady check: {heap} heap bytes + {} inline",
-        std::mem::size_of::<CheckHealth>()
+    // 32 x 8 (history) + 1 transition of 96 (its 2 deciding successes are bits) + one
+    // histogram's few 8-byte buckets; no failure reason kept.
+    assert!(heap <= 450, "{heap} bytes");
+    let inline = std::mem::size_of::<CheckHealth>();
+    assert!(inline <= 340, "{inline} bytes inline");
+    println!("steady check: {heap} heap bytes + {inline} inline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_rebuilds_sequence_numbers_rtts_and_times() {
+    let s = spec("c", consecutive(1, 1), InitialState::Unknown);
+    let mut h = CheckHealth::with_clock(
+        Arc::new(s),
+        Instant::now(),
+        wall0(),
+        HealthConfig::default(),
+    );
+    // (seq, rtt in µs, ms since the previous result): steps of 1, a gap of 4 and one
+    // of 255 (results lost), RTTs around the µs/ms boundary of the compact slot.
+    let feed: [(u64, Option<u64>, u64); 7] = [
+        (1, Some(42), 10),
+        (2, Some(131_071), 1_000),
+        (3, Some(131_072), 20_000),
+        (7, None, 20_000),
+        (262, Some(60_000_000), 3_600_000),
+        (263, Some(999), 1),
+        (264, Some(1), 70_000_000),
+    ];
+    let mut at = 0;
+    for (seq, rtt, gap) in feed {
+        advance(Duration::from_millis(gap)).await;
+        at += gap;
+        let reason = if rtt.is_some() {
+            Reason::Ok
+        } else {
+            Reason::Timeout
+        };
+        h.observe(&result("c", seq, reason, rtt), Instant::now());
+    }
+    let got: Vec<(u64, Option<Duration>, bool, &str)> = h
+        .history()
+        .iter()
+        .map(|e| (e.seq, e.rtt, e.ok, e.reason))
+        .collect();
+    let us = Duration::from_micros;
+    assert_eq!(
+        got,
+        vec![
+            (1, Some(us(42)), true, "ok"),
+            (2, Some(us(131_071)), true, "ok"),
+            // Above 2^17 µs the history keeps whole milliseconds.
+            (3, Some(Duration::from_millis(131)), true, "ok"),
+            (7, None, false, "timeout"),
+            (262, Some(Duration::from_secs(60)), true, "ok"),
+            (263, Some(us(999)), true, "ok"),
+            (264, Some(us(1)), true, "ok"),
+        ]
+    );
+    let times: Vec<u64> = h.history().iter().map(|e| e.at_ms).collect();
+    assert_eq!(times.last(), Some(&at));
+    assert_eq!(
+        times,
+        vec![10, 1_010, 21_010, 41_010, 3_641_010, 3_641_011, 73_641_011]
+    );
+    // The latest result keeps its exact RTT.
+    assert_eq!(h.last_result().unwrap().rtt, Some(us(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_cite_the_failures_that_decided_them_with_their_details() {
+    let s = spec(
+        "c",
+        Thresholds::Window {
+            window: 5,
+            threshold: 3,
+        },
+        InitialState::Healthy,
+    );
+    let mut h = CheckHealth::new(&s, Instant::now());
+    let bad = |n: u32| Reason::Protocol {
+        detail: format!("garbage {n}"),
+    };
+    let feed = [Reason::Ok, bad(1), Reason::Ok, bad(2), bad(3)];
+    let mut last = None;
+    for (seq, reason) in (1..).zip(feed.iter().cloned()) {
+        advance(Duration::from_secs(1)).await;
+        last = h
+            .observe(&result("c", seq, reason, Some(100)), Instant::now())
+            .or(last);
+    }
+    let t = last.expect("3 failures of 5 decide unhealthy");
+    assert_eq!(t.to, Health::Unhealthy);
+    let want: Vec<(bool, Reason)> = feed.iter().map(|r| (r.is_ok(), r.clone())).collect();
+    assert_eq!(t.results, want);
+    assert_eq!(h.transitions().last(), Some(&t), "kept as announced");
+
+    assert_eq!(h.kept_failures(), 3);
+
+    // The recovery cites the window that decided it, failures with their details; once
+    // every failure has left the window, no reason is kept any more.
+    let mut up = None;
+    for seq in 6..12 {
+        advance(Duration::from_secs(1)).await;
+        up = h
+            .observe(&result("c", seq, Reason::Ok, Some(100)), Instant::now())
+            .or(up);
+    }
+    let up = up.expect("3 successes of 5 decide healthy");
+    assert_eq!(up.to, Health::Healthy);
+    assert_eq!(
+        up.results,
+        vec![
+            (true, Reason::Ok),
+            (false, bad(2)),
+            (false, bad(3)),
+            (true, Reason::Ok),
+            (true, Reason::Ok)
+        ],
+        "results 3 to 7: 3 successes of 5"
+    );
+    assert_eq!(h.kept_failures(), 0);
+
+    // A restored transition keeps its results, whatever they are.
+    let mut fresh = CheckHealth::new(&s, Instant::now());
+    fresh.restore(
+        Health::Unhealthy,
+        std::time::SystemTime::now(),
+        vec![t.clone()],
+        Instant::now(),
+    );
+    assert_eq!(fresh.transitions()[0].results, t.results);
+    assert_eq!(fresh.transitions()[0].reason, t.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcome_counts_follow_every_result_and_survive_a_reset() {
+    let mut table = HealthTable::new();
+    let s = spec("a", consecutive(1, 1), InitialState::Unknown);
+    table.add(s.clone(), Instant::now()).unwrap();
+    let feed = [
+        Reason::Ok,
+        Reason::Timeout,
+        Reason::Ok,
+        Reason::Refused,
+        Reason::Timeout,
+        Reason::Ok,
+    ];
+    for (seq, reason) in (1..).zip(feed) {
+        table.apply(&result("a", seq, reason, None), Instant::now());
+    }
+    // A result for an unknown check counts nowhere.
+    table.apply(&result("gone", 1, Reason::Ok, None), Instant::now());
+    let counts = |t: &HealthTable| -> Vec<(&'static str, u64)> {
+        t.get(&CheckId::new("a")).unwrap().outcomes().collect()
+    };
+    assert_eq!(counts(&table), [("ok", 3), ("timeout", 2), ("refused", 1)]);
+    let mut moved = s.clone();
+    moved.target.port = 81;
+    assert_eq!(table.replace(moved, Instant::now()), Replaced::Reset);
+    table.apply(&result("a", 7, Reason::Ok, None), Instant::now());
+    assert_eq!(
+        counts(&table),
+        [("ok", 4), ("timeout", 2), ("refused", 1)],
+        "probe counters keep counting across a reset"
     );
 }

@@ -71,7 +71,7 @@ fn spec(id: &str, host: &str, addr: IpAddr, port: u16, probe: ProbeSpec) -> Chec
     CheckSpec {
         id: CheckId::new(id),
         target: Target {
-            host: host.to_owned(),
+            host: host.into(),
             addr,
             port,
         },
@@ -170,22 +170,22 @@ fn example_specs() -> Vec<CheckSpec> {
         "198.18.0.5",
         v4(198, 18, 0, 5),
         7,
-        ProbeSpec::Udp(UdpSpec {
+        ProbeSpec::Udp(Box::new(UdpSpec {
             payload: vec![0x0a, 0x0b],
             expect_prefix: b"pong".to_vec(),
-        }),
+        })),
     );
     let dns = spec(
         "dns-1",
         "198.18.0.5",
         v4(198, 18, 0, 5),
         53,
-        ProbeSpec::Dns(DnsSpec {
+        ProbeSpec::Dns(Box::new(DnsSpec {
             name: "example.test".into(),
             qtype: 1,
             expect_rcode: 0,
             expect_answer: Some("198.18.0.5".into()),
-        }),
+        })),
     );
     vec![web, tls, syn, connect, ping, ping6, udp, dns]
 }

@@ -26,19 +26,18 @@ pub use wheel::{TimerKey, TimingWheel, DEFAULT_TICK_NS, LEVELS};
 /// interval either way, consecutive probes of a check never swap order.
 pub const MAX_JITTER: f64 = 0.5;
 
-/// One check's timing.
+/// One check's timing, kept in its timer (the wheel's slab entry), so the map from
+/// id to timer holds only a key: 24 bytes per check in the map, 64 in the wheel.
 #[derive(Debug)]
-struct Slot {
+struct Timer {
+    id: CheckId,
     /// Interval in ns (>= 1).
     interval: u64,
-    /// Fraction of the interval each probe may move either way.
-    jitter: f64,
     /// The unjittered time of the pending probe: the anchor the next one is computed
-    /// from, so jitter never accumulates.
+    /// from, so jitter never accumulates. (When it fires is the timer's deadline.)
     nominal: u64,
-    /// When the pending probe fires (nominal plus jitter).
-    deadline: u64,
-    key: TimerKey,
+    /// Fraction of the interval each probe may move either way.
+    jitter: f32,
 }
 
 /// The probe timetable of every check the engine runs. Exists so that the engine's
@@ -46,8 +45,10 @@ struct Slot {
 /// jitter, anchoring and catch-up rules live (and are tested) in one place.
 #[derive(Debug)]
 pub struct Scheduler {
-    wheel: TimingWheel<CheckId>,
-    checks: HashMap<CheckId, Slot>,
+    wheel: TimingWheel<Timer>,
+    checks: HashMap<CheckId, TimerKey>,
+    /// Timers fired by the current [`Scheduler::due`] (kept for its allocation).
+    fired: Vec<Timer>,
     rng: StdRng,
     missed: u64,
 }
@@ -62,11 +63,12 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
-fn clamp_jitter(jitter: f64) -> f64 {
+#[allow(clippy::cast_possible_truncation)]
+fn clamp_jitter(jitter: f64) -> f32 {
     if jitter.is_nan() {
         0.0
     } else {
-        jitter.clamp(0.0, MAX_JITTER)
+        jitter.clamp(0.0, MAX_JITTER) as f32
     }
 }
 
@@ -100,6 +102,7 @@ impl Scheduler {
         Self {
             wheel: TimingWheel::with_tick(tick_ns),
             checks: HashMap::new(),
+            fired: Vec::new(),
             rng,
             missed: 0,
         }
@@ -115,28 +118,27 @@ impl Scheduler {
         let first = now.saturating_add(self.rng.random_range(0..interval));
         let replaced = match self.checks.remove(&id) {
             Some(old) => {
-                self.wheel.cancel(old.key);
+                self.wheel.cancel(old);
                 true
             }
             None => false,
         };
-        let key = self.wheel.insert(first, id.clone());
-        let slot = Slot {
+        let timer = Timer {
+            id: id.clone(),
             interval,
-            jitter: clamp_jitter(jitter),
             nominal: first,
-            deadline: first,
-            key,
+            jitter: clamp_jitter(jitter),
         };
-        self.checks.insert(id, slot);
+        let key = self.wheel.insert(first, timer);
+        self.checks.insert(id, key);
         replaced
     }
 
     /// Stop scheduling a check. Returns whether it was scheduled.
     pub fn remove(&mut self, id: &CheckId) -> bool {
         match self.checks.remove(id) {
-            Some(slot) => {
-                self.wheel.cancel(slot.key);
+            Some(key) => {
+                self.wheel.cancel(key);
                 true
             }
             None => false,
@@ -149,19 +151,23 @@ impl Scheduler {
     /// jitter, never later than it was). Returns whether the check is scheduled.
     pub fn set_interval(&mut self, id: &CheckId, interval: Duration, now: u64) -> bool {
         let interval = nanos(interval);
-        let Some(slot) = self.checks.get_mut(id) else {
+        let Some(key) = self.checks.get_mut(id) else {
             return false;
         };
-        slot.interval = interval;
-        if interval < slot.deadline.saturating_sub(now) {
-            let nominal = now.saturating_add(interval);
-            let jittered = jittered(&mut self.rng, nominal, interval, slot.jitter);
-            let deadline = jittered.max(now.saturating_add(1)).min(slot.deadline);
-            if let Some(id) = self.wheel.cancel(slot.key) {
-                slot.key = self.wheel.insert(deadline, id);
+        let Some(deadline) = self.wheel.deadline(*key) else {
+            return false;
+        };
+        if interval < deadline.saturating_sub(now) {
+            if let Some(mut timer) = self.wheel.cancel(*key) {
+                let nominal = now.saturating_add(interval);
+                let jittered = jittered(&mut self.rng, nominal, interval, timer.jitter);
+                let deadline = jittered.max(now.saturating_add(1)).min(deadline);
+                timer.interval = interval;
+                timer.nominal = nominal;
+                *key = self.wheel.insert(deadline, timer);
             }
-            slot.nominal = nominal;
-            slot.deadline = deadline;
+        } else if let Some(timer) = self.wheel.get_mut(*key) {
+            timer.interval = interval;
         }
         true
     }
@@ -172,24 +178,26 @@ impl Scheduler {
     /// (the caller was late by about an interval or more) are skipped, not made up,
     /// and counted in [`missed`](Self::missed).
     pub fn due(&mut self, now: u64, out: &mut Vec<CheckId>) {
-        let start = out.len();
-        self.wheel.advance(now, out);
-        for id in &out[start..] {
-            let Some(slot) = self.checks.get_mut(id) else {
-                continue;
-            };
-            let mut nominal = slot.nominal.saturating_add(slot.interval);
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(now, &mut fired);
+        for mut timer in fired.drain(..) {
+            let mut nominal = timer.nominal.saturating_add(timer.interval);
             if nominal <= now {
-                let skipped = (now - nominal) / slot.interval + 1;
+                let skipped = (now - nominal) / timer.interval + 1;
                 self.missed = self.missed.saturating_add(skipped);
-                nominal = nominal.saturating_add(skipped.saturating_mul(slot.interval));
+                nominal = nominal.saturating_add(skipped.saturating_mul(timer.interval));
             }
-            let deadline = jittered(&mut self.rng, nominal, slot.interval, slot.jitter)
+            let deadline = jittered(&mut self.rng, nominal, timer.interval, timer.jitter)
                 .max(now.saturating_add(1));
-            slot.nominal = nominal;
-            slot.deadline = deadline;
-            slot.key = self.wheel.insert(deadline, id.clone());
+            timer.nominal = nominal;
+            out.push(timer.id.clone());
+            let id = timer.id.clone();
+            let key = self.wheel.insert(deadline, timer);
+            if let Some(k) = self.checks.get_mut(&id) {
+                *k = key;
+            }
         }
+        self.fired = fired;
     }
 
     /// A lower bound of the next probe time (see [`TimingWheel::next_deadline`]):
@@ -202,7 +210,7 @@ impl Scheduler {
     /// When a check's pending probe is due.
     #[must_use]
     pub fn deadline(&self, id: &CheckId) -> Option<u64> {
-        self.checks.get(id).map(|s| s.deadline)
+        self.checks.get(id).and_then(|k| self.wheel.deadline(*k))
     }
 
     /// A check's current interval.
@@ -210,7 +218,8 @@ impl Scheduler {
     pub fn interval(&self, id: &CheckId) -> Option<Duration> {
         self.checks
             .get(id)
-            .map(|s| Duration::from_nanos(s.interval))
+            .and_then(|k| self.wheel.get(*k))
+            .map(|t| Duration::from_nanos(t.interval))
     }
 
     /// Whether a check is scheduled.
@@ -246,9 +255,9 @@ impl Scheduler {
 }
 
 /// `nominal` moved by a uniform offset in `[-jitter * interval, +jitter * interval]`.
-fn jittered(rng: &mut StdRng, nominal: u64, interval: u64, jitter: f64) -> u64 {
+fn jittered(rng: &mut StdRng, nominal: u64, interval: u64, jitter: f32) -> u64 {
     // `jitter` <= 0.5, so the product is < interval and fits.
-    let span = (interval as f64 * jitter) as u64;
+    let span = (interval as f64 * f64::from(jitter)) as u64;
     if span == 0 {
         return nominal;
     }

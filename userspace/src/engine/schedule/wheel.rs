@@ -15,8 +15,8 @@
 //!
 //! Memory: [`TimingWheel::ENTRY_BYTES`] per slab entry, that is 24 bytes beyond the
 //! item for any `T` with a niche (references, `Arc`, `Box`, `NonZero*`, enums ...;
-//! `CheckId` makes a 40-byte entry), plus up to `align_of::<T>()` bytes otherwise. The
-//! slab keeps its high-water mark (freed entries are reused, never returned) and, like
+//! the scheduler's timer, a `CheckId` with its timing, makes a 64-byte entry), plus
+//! up to `align_of::<T>()` bytes otherwise. The slab keeps its high-water mark (freed entries are reused, never returned) and, like
 //! any `Vec`, may hold up to twice that in spare capacity while growing. The fixed part
 //! (slot heads, bitmaps, per-slot minima) is about 3.4 KiB.
 
@@ -193,6 +193,14 @@ impl<T> TimingWheel<T> {
     #[must_use]
     pub fn get(&self, key: TimerKey) -> Option<&T> {
         self.live(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// The item of an armed timer, to change it in place (its deadline stays).
+    pub fn get_mut(&mut self, key: TimerKey) -> Option<&mut T> {
+        self.entries
+            .get_mut(key.index as usize)
+            .filter(|e| e.generation == key.generation && e.slot != FREE)
+            .and_then(|e| e.value.as_mut())
     }
 
     fn live(&self, key: TimerKey) -> Option<&Entry<T>> {

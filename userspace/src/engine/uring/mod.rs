@@ -63,7 +63,7 @@ impl Job {
     pub fn new(spec: Arc<CheckSpec>, seq: u64) -> Result<Self, PrepareError> {
         static TLS: std::sync::OnceLock<crate::engine::tls::TlsConfigs> =
             std::sync::OnceLock::new();
-        let prepared = Arc::new(Prepared::new(&spec, TLS.get_or_init(Default::default))?);
+        let prepared = Prepared::shared(&spec, TLS.get_or_init(Default::default))?;
         Ok(Self {
             spec,
             seq,

@@ -52,7 +52,22 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// The empty preparation of every check that needs none (all but HTTP and HTTPS).
+static NOTHING: std::sync::LazyLock<Arc<Prepared>> = std::sync::LazyLock::new(Arc::default);
+
 impl Prepared {
+    /// [`Prepared::new`] behind an `Arc`; checks that need no preparation share one
+    /// (a million of them would otherwise hold a million empty allocations).
+    ///
+    /// # Errors
+    /// As [`Prepared::new`].
+    pub fn shared(spec: &CheckSpec, tls: &TlsConfigs) -> Result<Arc<Self>, PrepareError> {
+        if !matches!(spec.probe, ProbeSpec::Http(_)) {
+            return Ok(Arc::clone(&NOTHING));
+        }
+        Self::new(spec, tls).map(Arc::new)
+    }
+
     /// Prepare `spec`, sharing TLS configurations through `tls`.
     ///
     /// # Errors

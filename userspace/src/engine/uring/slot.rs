@@ -171,7 +171,7 @@ fn http_state(
     let tls =
         match (&spec.tls, &job.prepared.tls) {
             (Some(t), Some(cfg)) => {
-                let name = t.sni.clone().unwrap_or_else(|| host.clone());
+                let name = t.sni.clone().unwrap_or_else(|| host.to_string());
                 let server = ServerName::try_from(name.clone())
                     .or_else(|_| ServerName::try_from(job.spec.target.addr.to_string()))
                     .map_err(|_| local(format!("tls: invalid server name {name:?}")))?;

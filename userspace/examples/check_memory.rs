@@ -1,0 +1,154 @@
+//! Heap bytes per check, by component, of the daemon's per-check structures, counted
+//! by a global allocator (no namespaces, no root): the quick companion of
+//! `bench/scale.sh`, which measures the whole daemon's RSS. Builds N tcp_syn checks
+//! shaped like scale.sh's (parsed from the same kind of TOML), the check table, the
+//! health table fed ROUNDS results per check (with the outcome counts), and the
+//! scheduler.
+//!
+//! ```text
+//! cargo run --release -p sonde --example check_memory          # N=1000000 ROUNDS=33
+//! N=200000 ROUNDS=33 cargo run --release -p sonde --example check_memory
+//! ```
+//!
+//! Counted: bytes asked of the allocator (not its rounding or fragmentation, which the
+//! RSS of scale.sh includes).
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use sonde::{
+    daemon::checks,
+    engine::{
+        result::{CheckResult, Phases, Reason},
+        schedule::Scheduler,
+        spec::CheckId,
+        tls::TlsConfigs,
+        Clock,
+    },
+    health::HealthTable,
+};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let n = env("N", 1_000_000);
+    let rounds = env("ROUNDS", 33);
+    let start = live();
+    let mut toml = String::from("[defaults]\ninterval = \"20s\"\ntimeout = \"1s\"\n\n");
+    for i in 0..n {
+        let (a, b) = ((i / 250) % 256, i % 250 + 1);
+        toml.push_str(&format!(
+            "[[check]]\nid = \"c{i}\"\ntarget = \"198.19.{a}.{b}:80\"\nkind = \"tcp_syn\"\n\n"
+        ));
+    }
+    let config = sonde::config::parse_str(&toml, "<generated>").expect("valid config");
+    drop(toml);
+    let specs = config.checks;
+    let mut rows: Vec<(&str, usize)> = Vec::new();
+    // The specs' own heap (ids, host strings), without the Vec holding them, which
+    // prepare_all consumes.
+    let spec_heap = live() - start - specs.capacity() * std::mem::size_of_val(&specs[0]);
+    rows.push(("spec contents (id, host)", spec_heap));
+    let ids: Vec<CheckId> = specs.iter().map(|s| s.id.clone()).collect();
+
+    let before = live();
+    let table = checks::prepare_all(specs, &TlsConfigs::default()).expect("prepared");
+    // `prepare_all` frees the Vec of specs it consumed: add it back.
+    let vec_bytes = n * std::mem::size_of::<sonde::engine::spec::CheckSpec>();
+    rows.push((
+        "check table (Arc specs, map, prepared)",
+        live() + vec_bytes - before,
+    ));
+
+    let before = live();
+    let now = tokio::time::Instant::now();
+    let mut health = HealthTable::new();
+    for entry in table.values() {
+        health.add(Arc::clone(&entry.spec), now).expect("new id");
+    }
+    rows.push(("health table, before results", live() - before));
+
+    let before = live();
+    let mut seq = 0u64;
+    for round in 0..rounds {
+        let at = now + Duration::from_secs(20 * (round as u64 + 1));
+        for id in &ids {
+            seq += 1;
+            let r = CheckResult {
+                check: id.clone(),
+                seq,
+                reason: Reason::Ok,
+                rtt: Some(Duration::from_micros(150 + seq % 97)),
+                clock: Clock::Kernel,
+                phases: Phases::default(),
+                http_status: None,
+                cert_days_left: None,
+            };
+            health.apply(&r, at);
+        }
+    }
+    rows.push(("health: results, histories, histograms", live() - before));
+
+    let before = live();
+    let mut sched = Scheduler::with_seed(1);
+    for entry in table.values() {
+        sched.add(entry.spec.id.clone(), entry.spec.interval, 0.0, 0);
+    }
+    rows.push(("scheduler (slots, timing wheel)", live() - before));
+
+    println!(
+        "sizes: CheckSpec {} CheckHealth {} Reason {}",
+        std::mem::size_of::<sonde::engine::spec::CheckSpec>(),
+        std::mem::size_of::<sonde::health::CheckHealth>(),
+        std::mem::size_of::<Reason>(),
+    );
+    let total: usize = rows.iter().map(|r| r.1).sum();
+    println!("{n} tcp_syn checks, {rounds} results each (heap bytes asked of the allocator)");
+    for (what, bytes) in &rows {
+        println!("{:>8.1} B/check  {what}", *bytes as f64 / n as f64);
+    }
+    println!("{:>8.1} B/check  total", total as f64 / n as f64);
+    std::hint::black_box((&table, &health, &sched));
+}
