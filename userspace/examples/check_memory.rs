@@ -1,9 +1,9 @@
 //! Heap bytes per check, by component, of the daemon's per-check structures, counted
 //! by a global allocator (no namespaces, no root): the quick companion of
 //! `bench/scale.sh`, which measures the whole daemon's RSS. Builds N tcp_syn checks
-//! shaped like scale.sh's (parsed from the same kind of TOML), the check table, the
-//! health table fed ROUNDS results per check (with the outcome counts), and the
-//! scheduler.
+//! shaped like scale.sh's (parsed from the same kind of TOML) into the daemon's table
+//! of checks (health with the engine's parts) and scheduler, and feeds each check
+//! ROUNDS results (histories, transitions, histograms, outcome counts).
 //!
 //! ```text
 //! cargo run --release -p sonde --example check_memory          # N=1000000 ROUNDS=33
@@ -15,15 +15,12 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use sonde::{
-    daemon::checks,
+    daemon::checks::{self, EngineParts},
     engine::{
         result::{CheckResult, Phases, Reason},
         schedule::Scheduler,
@@ -31,7 +28,7 @@ use sonde::{
         tls::TlsConfigs,
         Clock,
     },
-    health::HealthTable,
+    health::{HealthConfig, HealthTable},
 };
 
 struct Counting;
@@ -97,18 +94,28 @@ fn main() {
     let table = checks::prepare_all(specs, &TlsConfigs::default()).expect("prepared");
     // `prepare_all` frees the Vec of specs it consumed: add it back.
     let vec_bytes = n * std::mem::size_of::<sonde::engine::spec::CheckSpec>();
-    rows.push((
-        "check table (Arc specs, map, prepared)",
-        live() + vec_bytes - before,
-    ));
-
-    let before = live();
+    let after_prepare = live() + vec_bytes;
+    // The daemon's table of checks: health with the engine's parts, one record each.
     let now = tokio::time::Instant::now();
-    let mut health = HealthTable::new();
-    for entry in table.values() {
-        health.add(Arc::clone(&entry.spec), now).expect("new id");
+    let mut health: HealthTable<EngineParts> = HealthTable::with_config(HealthConfig::default());
+    let mut sched = Scheduler::with_seed(1);
+    let mut scheduled = 0;
+    for (_, entry) in table {
+        let spec = entry.spec;
+        let before_sched = live();
+        sched.add(spec.id.clone(), spec.interval, 0.0, 0);
+        scheduled += live() - before_sched;
+        let parts = EngineParts {
+            prepared: entry.prepared,
+            probes: 0,
+        };
+        health.insert(spec, now, parts).expect("new id");
     }
-    rows.push(("health table, before results", live() - before));
+    rows.push((
+        "specs (Arc) and the table of checks, before results",
+        live() + vec_bytes - before - scheduled,
+    ));
+    let _ = after_prepare;
 
     let before = live();
     let mut seq = 0u64;
@@ -131,12 +138,10 @@ fn main() {
     }
     rows.push(("health: results, histories, histograms", live() - before));
 
-    let before = live();
-    let mut sched = Scheduler::with_seed(1);
-    for entry in table.values() {
-        sched.add(entry.spec.id.clone(), entry.spec.interval, 0.0, 0);
-    }
-    rows.push(("scheduler (slots, timing wheel)", live() - before));
+    rows.push((
+        "scheduler (timers in the wheel, id -> timer map)",
+        scheduled,
+    ));
 
     println!(
         "sizes: CheckSpec {} CheckHealth {} Reason {}",
@@ -150,5 +155,5 @@ fn main() {
         println!("{:>8.1} B/check  {what}", *bytes as f64 / n as f64);
     }
     println!("{:>8.1} B/check  total", total as f64 / n as f64);
-    std::hint::black_box((&table, &health, &sched));
+    std::hint::black_box((&health, &sched));
 }

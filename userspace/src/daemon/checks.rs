@@ -1,13 +1,7 @@
 //! The daemon's set of checks: specs with their prepared parts, and how a new set
 //! (from a reload) differs from the running one.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     api::ReloadReport,
@@ -18,42 +12,40 @@ use crate::{
     },
 };
 
-/// One running check.
-#[derive(Debug)]
+/// A check ready to run: its definition and prepared parts.
+#[derive(Clone, Debug)]
 pub struct Entry {
     /// Its definition.
     pub spec: Arc<CheckSpec>,
     /// Compiled regex and TLS config.
     pub prepared: Arc<Prepared>,
-    /// Probes sent: the last probe's sequence number. Sequence numbers count per check
-    /// (1, 2, ...), so a check's results and history read as its own probes, and a
-    /// gap means a lost result. Carried over when the definition changes.
-    pub probes: AtomicU64,
 }
 
 impl Entry {
-    /// A check that has sent no probe yet.
+    /// A check ready to run.
     #[must_use]
     pub fn new(spec: Arc<CheckSpec>, prepared: Arc<Prepared>) -> Self {
-        Self {
-            spec,
-            prepared,
-            probes: AtomicU64::new(0),
-        }
-    }
-
-    /// The sequence number of the next probe (counting it as sent).
-    pub fn next_seq(&self) -> u64 {
-        self.probes.fetch_add(1, Ordering::Relaxed) + 1
+        Self { spec, prepared }
     }
 }
 
-impl Clone for Entry {
-    fn clone(&self) -> Self {
+/// The engine's parts of a running check, kept beside its health in the daemon's one
+/// table of checks (a [`crate::health::HealthTable`] payload).
+#[derive(Clone, Debug)]
+pub struct EngineParts {
+    /// Compiled regex and TLS config.
+    pub prepared: Arc<Prepared>,
+    /// Probes sent: the last probe's sequence number. Sequence numbers count per check
+    /// (1, 2, ...), so a check's results and history read as its own probes, and a
+    /// gap means a lost result. Kept when the definition changes.
+    pub probes: u64,
+}
+
+impl Default for EngineParts {
+    fn default() -> Self {
         Self {
-            spec: Arc::clone(&self.spec),
-            prepared: Arc::clone(&self.prepared),
-            probes: AtomicU64::new(self.probes.load(Ordering::Relaxed)),
+            prepared: Prepared::none(),
+            probes: 0,
         }
     }
 }
@@ -74,14 +66,17 @@ pub fn prepare_all(
     Ok(out)
 }
 
-/// What changes when `new` replaces `old`.
+/// What changes when `new` replaces the running checks, `old`.
 #[must_use]
-pub fn diff(old: &BTreeMap<CheckId, Entry>, new: &BTreeMap<CheckId, Entry>) -> ReloadReport {
+pub fn diff(
+    old: &BTreeMap<CheckId, Arc<CheckSpec>>,
+    new: &BTreeMap<CheckId, Entry>,
+) -> ReloadReport {
     let mut r = ReloadReport::default();
     for (id, e) in new {
         match old.get(id) {
             None => r.added.push(id.clone()),
-            Some(o) if *o.spec != *e.spec => r.changed.push(id.clone()),
+            Some(o) if **o != *e.spec => r.changed.push(id.clone()),
             Some(_) => r.unchanged += 1,
         }
     }

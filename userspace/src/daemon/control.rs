@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use tracing::info;
 
 use super::{
-    checks::{diff, prepare_all, Entry},
+    checks::{diff, prepare_all, EngineParts, Entry},
     Shared,
 };
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
         spec::{CheckId, CheckSpec},
         uring::{sys::monotonic_now, Prepared},
     },
-    health::CheckStatus,
+    health::{CheckHealth, CheckStatus},
 };
 
 fn now_ns() -> u64 {
@@ -27,11 +27,17 @@ impl Shared {
     fn start_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        let _ = self.health.lock().add(Arc::clone(&entry.spec), now);
+        let parts = EngineParts {
+            prepared: entry.prepared,
+            probes: 0,
+        };
+        let _ = self
+            .health
+            .lock()
+            .insert(Arc::clone(&entry.spec), now, parts);
         self.sched
             .lock()
             .add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
-        self.checks.write().insert(id.clone(), entry);
         let _ = self.wake_tx.try_send(());
         let _ = self.events.send(Arc::new(Event::CheckAdded { id }));
     }
@@ -39,7 +45,6 @@ impl Shared {
     /// Stop running `id`.
     fn stop_check(&self, id: &CheckId) {
         self.sched.lock().remove(id);
-        self.checks.write().remove(id);
         self.health.lock().remove(id);
         let _ = self
             .events
@@ -47,27 +52,32 @@ impl Shared {
     }
 
     /// Replace the definition of a running check, keeping its state when the probe and
-    /// target are unchanged.
+    /// target are unchanged (and its probe count: sequence numbers go on).
     fn change_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        self.health.lock().replace(Arc::clone(&entry.spec), now);
+        {
+            let mut h = self.health.lock();
+            h.replace(Arc::clone(&entry.spec), now);
+            if let Some(parts) = h.extra_mut(&id) {
+                parts.prepared = entry.prepared;
+            }
+        }
         {
             let mut s = self.sched.lock();
             s.remove(&id);
             s.add(id.clone(), entry.spec.interval, entry.spec.jitter, now_ns());
         }
-        let mut checks = self.checks.write();
-        if let Some(old) = checks.get(&id) {
-            // Sequence numbers go on: the state (and history) may be kept.
-            let sent = old.probes.load(std::sync::atomic::Ordering::Relaxed);
-            entry
-                .probes
-                .store(sent, std::sync::atomic::Ordering::Relaxed);
-        }
-        checks.insert(id, entry);
-        drop(checks);
         let _ = self.wake_tx.try_send(());
+    }
+
+    /// The running checks' specs, by id.
+    fn running_specs(&self) -> BTreeMap<CheckId, Arc<CheckSpec>> {
+        self.health
+            .lock()
+            .iter()
+            .map(|(id, h)| (id.clone(), h.spec_arc()))
+            .collect()
     }
 }
 
@@ -81,10 +91,10 @@ impl Control for Shared {
     }
 
     fn spec(&self, id: &str) -> Option<Arc<CheckSpec>> {
-        self.checks
-            .read()
+        self.health
+            .lock()
             .get(&CheckId::new(id))
-            .map(|e| Arc::clone(&e.spec))
+            .map(CheckHealth::spec_arc)
     }
 
     fn history(&self, id: &str) -> Option<CheckHistory> {
@@ -104,7 +114,7 @@ impl Control for Shared {
             .read()
             .check(spec.target.addr)
             .map_err(|e| ControlError::Invalid(format!("check {:?}: {e}", spec.id.as_str())))?;
-        if self.checks.read().contains_key(&spec.id) {
+        if self.health.lock().contains(&spec.id) {
             return Err(ControlError::Duplicate(spec.id.to_string()));
         }
         let prepared =
@@ -117,7 +127,7 @@ impl Control for Shared {
 
     fn remove_check(&self, id: &str) -> Result<(), ControlError> {
         let id = CheckId::new(id);
-        if !self.checks.read().contains_key(&id) {
+        if !self.health.lock().contains(&id) {
             return Err(ControlError::UnknownCheck(id.to_string()));
         }
         info!(check = %id, "check removed through the API");
@@ -133,7 +143,7 @@ impl Control for Shared {
         let cfg = config::load_file(path).map_err(|e| ControlError::Invalid(e.to_string()))?;
         let new: BTreeMap<CheckId, Entry> =
             prepare_all(cfg.checks, &self.tls).map_err(|e| ControlError::Invalid(e.to_string()))?;
-        let report = diff(&self.checks.read(), &new);
+        let report = diff(&self.running_specs(), &new);
         for id in &report.removed {
             self.stop_check(id);
         }
@@ -155,6 +165,8 @@ impl Control for Shared {
             removed = report.removed.len(),
             "config reloaded"
         );
+        drop(new);
+        super::release_freed_memory();
         Ok(report)
     }
 
@@ -174,7 +186,7 @@ impl Control for Shared {
             kernel_unavailable: self.clock.1.clone(),
             iface: self.iface.clone(),
             config_path: self.config_path.as_ref().map(|p| p.display().to_string()),
-            checks: self.checks.read().len(),
+            checks: self.health.lock().len(),
             per_target_pps: self.target_caps.0
                 / self
                     .target_share
@@ -190,11 +202,7 @@ impl Control for Shared {
 
 impl crate::cluster::node::Local for Shared {
     fn running(&self) -> BTreeMap<CheckId, Arc<CheckSpec>> {
-        self.checks
-            .read()
-            .iter()
-            .map(|(id, e)| (id.clone(), Arc::clone(&e.spec)))
-            .collect()
+        self.running_specs()
     }
 
     fn apply(&self, add: Vec<CheckSpec>, change: Vec<CheckSpec>, remove: Vec<CheckId>) {

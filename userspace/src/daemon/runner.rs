@@ -54,12 +54,21 @@ enum Tried {
 }
 
 /// Try to start a probe of `id`: `retrying` a check that waits for its budget, or for
-/// a slot that just came due.
-fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64) -> Tried {
-    let checks = shared.checks.read();
-    let entry = checks.get(id);
+/// a slot that just came due. `gate`: a budget shared by every probe (global rate, in
+/// flight) already refused one in this round, until the time given: delay this one
+/// for the same reason without asking.
+fn try_admit(
+    shared: &Shared,
+    id: &CheckId,
+    retrying: bool,
+    now: u64,
+    gate: Option<(DelayReason, u64)>,
+) -> Tried {
+    // Lock order: health, outstanding, budgets (the result loop never holds one of
+    // the latter two while taking health).
+    let mut checks = shared.health.lock();
     let mut out = shared.outstanding.lock();
-    let Some(entry) = entry else {
+    let Some((health, parts)) = checks.get_with_extra(id) else {
         if retrying && matches!(out.get(id), Some(Outstanding::Waiting(_))) {
             out.remove(id);
         }
@@ -74,22 +83,33 @@ fn try_admit(shared: &Shared, id: &CheckId, retrying: bool, now: u64) -> Tried {
         }
         None => {}
     }
-    let needs_socket = !matches!(entry.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp);
-    let admission = shared
-        .budgets
-        .lock()
-        .admit(entry.spec.target.addr, needs_socket, now);
+    let spec = health.spec_arc();
+    let prepared = Arc::clone(&parts.prepared);
+    let needs_socket = !matches!(spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp);
+    let admission = match gate {
+        Some((reason, until_ns)) => {
+            shared.budgets.lock().record_delayed(reason);
+            Admission::Delay { until_ns, reason }
+        }
+        None => shared
+            .budgets
+            .lock()
+            .admit(spec.target.addr, needs_socket, now),
+    };
     match admission {
         Admission::Admit(permits) => {
-            let seq = entry.next_seq();
+            let seq = checks.extra_mut(id).map_or(0, |p| {
+                p.probes += 1;
+                p.probes
+            });
+            drop(checks);
             out.insert(id.clone(), Outstanding::Running(seq, permits));
             drop(out);
             let job = Job {
-                spec: Arc::clone(&entry.spec),
+                spec,
                 seq,
-                prepared: Arc::clone(&entry.prepared),
+                prepared,
             };
-            drop(checks);
             if shared.engine.submit(job).is_err() {
                 warn!(check = %id, "engine stopped; probe not sent");
             }
@@ -110,8 +130,26 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
     // every check its turn under overload; retrying in a hash map's order admitted the
     // same few checks again and again while most were never probed.
     let mut waiting: VecDeque<CheckId> = VecDeque::new();
+    let mut last_shrink = now_ns();
     while !shared.stopping.load(Ordering::Acquire) {
         let now = now_ns();
+        if now.saturating_sub(last_shrink) > 5_000_000_000 {
+            // A burst (every check due at start-up, an overload) grows these to one
+            // entry per check, and nothing shrinks them: up to ~100 bytes of each of
+            // a million checks, for good. Give the room back once the burst is over.
+            last_shrink = now;
+            if waiting.capacity() > 4 * waiting.len() + 4096 {
+                waiting.shrink_to(2 * waiting.len());
+            }
+            if due.capacity() > 4 * due.len() + 4096 {
+                due.shrink_to(2 * due.len());
+            }
+            let mut out = shared.outstanding.lock();
+            if out.capacity() > 4 * out.len() + 4096 {
+                let len = out.len();
+                out.shrink_to(2 * len);
+            }
+        }
         due.clear();
         let missed = {
             let mut sched = shared.sched.lock();
@@ -131,11 +169,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
         // round, which with a million checks kept this loop at 100 % of a core).
         let mut next_retry = u64::MAX;
         let mut i = 0;
+        let mut now = now;
         let stopping = || shared.stopping.load(Ordering::Acquire);
         while i < waiting.len() {
-            // A million checks may be waiting: notice a shutdown within the round.
-            if i % 1024 == 1023 && stopping() {
-                break;
+            // A million checks may be waiting: notice a shutdown within the round, and
+            // keep `now` fresh so the rate budgets refill while the round goes on.
+            if i % 256 == 255 {
+                if stopping() {
+                    break;
+                }
+                now = now_ns();
             }
             let until = match shared.outstanding.lock().get(&waiting[i]) {
                 Some(Outstanding::Waiting(until)) => Some(*until),
@@ -146,9 +189,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
                     next_retry = next_retry.min(until);
                     i += 1;
                 }
-                Some(_) => match try_admit(shared, &waiting[i], true, now) {
+                Some(_) => match try_admit(shared, &waiting[i], true, now, None) {
                     // Blocked on in-flight capacity: the next result wakes this loop.
                     Tried::Delayed(DelayReason::InFlight, _) => break,
+                    // The global rate refuses every probe until then: asking for each
+                    // of (up to a million) waiting checks was this loop's whole time,
+                    // with a stale clock, so it admitted one burst per round.
+                    Tried::Delayed(DelayReason::Global, until) => {
+                        next_retry = next_retry.min(until);
+                        break;
+                    }
                     Tried::Delayed(_, until) => {
                         next_retry = next_retry.min(until);
                         i += 1;
@@ -163,15 +213,26 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
             }
         }
         // A due check that is still waiting has its new slot skipped (and counted), so
-        // each due slot is admitted, delayed or skipped.
+        // each due slot is admitted, delayed or skipped. Once the global rate or the
+        // in-flight budget refuses one, the rest of the round waits behind it.
+        let mut gate: Option<(DelayReason, u64)> = None;
         for (n, id) in due.iter().enumerate() {
-            if n % 1024 == 1023 && stopping() {
-                break;
+            if n % 256 == 255 {
+                if stopping() {
+                    break;
+                }
+                now = now_ns();
+                if matches!(gate, Some((DelayReason::Global, until)) if until <= now) {
+                    gate = None;
+                }
             }
-            if let Tried::Delayed(reason, until) = try_admit(shared, id, false, now) {
+            if let Tried::Delayed(reason, until) = try_admit(shared, id, false, now, gate) {
                 // Blocked on in-flight capacity: woken by the next result instead.
                 if reason != DelayReason::InFlight {
                     next_retry = next_retry.min(until);
+                }
+                if matches!(reason, DelayReason::Global | DelayReason::InFlight) {
+                    gate = Some((reason, until));
                 }
                 waiting.push_back(id.clone());
             }
@@ -193,9 +254,17 @@ pub(super) fn dispatch(shared: &Arc<Shared>) {
     }
 }
 
+/// Results handled together: one pass over each lock and one journal sync for up to
+/// this many (a million checks all settling at start-up made one fsync per transition
+/// the loop's whole time, with permits held meanwhile).
+const RESULT_BATCH: usize = 512;
+
 /// Run the result loop until the engine's result channel closes.
 pub(super) fn results(shared: &Arc<Shared>) {
     let rx = shared.engine.results().clone();
+    let mut batch = Vec::with_capacity(RESULT_BATCH);
+    let mut intervals = Vec::with_capacity(RESULT_BATCH);
+    let mut transitions = Vec::new();
     loop {
         let r = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => r,
@@ -209,41 +278,67 @@ pub(super) fn results(shared: &Arc<Shared>) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        batch.clear();
+        batch.push(r);
+        while batch.len() < RESULT_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
         {
             let mut out = shared.outstanding.lock();
-            if let Some(Outstanding::Running(seq, _)) = out.get(&r.check) {
-                if *seq == r.seq {
+            let mut budgets = shared.budgets.lock();
+            let was_full = !budgets.inflight().fits(1);
+            for r in &batch {
+                if matches!(out.get(&r.check), Some(Outstanding::Running(seq, _)) if *seq == r.seq)
+                {
                     if let Some(Outstanding::Running(_, permits)) = out.remove(&r.check) {
-                        let mut budgets = shared.budgets.lock();
-                        let was_full = !budgets.inflight().fits(1);
                         budgets.release(permits);
-                        if was_full {
-                            // Checks wait for this permit: let the dispatcher retry now.
-                            let _ = shared.wake_tx.try_send(());
-                        }
                     }
                 }
             }
-        }
-        let now = tokio::time::Instant::now();
-        let (transition, interval) = {
-            let mut h = shared.health.lock();
-            let t = h.apply(&r, now);
-            (t, h.next_interval(&r.check))
-        };
-        if let Some(iv) = interval {
-            let mut s = shared.sched.lock();
-            if s.interval(&r.check) != Some(iv) {
-                s.set_interval(&r.check, iv, now_ns());
-                drop(s);
+            if was_full && budgets.inflight().fits(1) {
+                // Checks wait for these permits: let the dispatcher retry now.
                 let _ = shared.wake_tx.try_send(());
             }
         }
-        if let Some(t) = transition {
-            if let Err(e) = shared.journal_append(&Record::of(&t)) {
-                warn!(check = %t.check, error = %e, "journal append failed; transition kept in memory only");
+        let now = tokio::time::Instant::now();
+        intervals.clear();
+        {
+            let mut h = shared.health.lock();
+            for r in &batch {
+                if let Some(t) = h.apply(r, now) {
+                    transitions.push(t);
+                }
+                intervals.push(h.next_interval(&r.check));
             }
-            let _ = shared.events.send(Arc::new(Event::Transition(t)));
+        }
+        {
+            let mut s = shared.sched.lock();
+            let mut changed = false;
+            for (r, iv) in batch.iter().zip(&intervals) {
+                if let Some(iv) = *iv {
+                    if s.interval(&r.check) != Some(iv) {
+                        s.set_interval(&r.check, iv, now_ns());
+                        changed = true;
+                    }
+                }
+            }
+            drop(s);
+            if changed {
+                let _ = shared.wake_tx.try_send(());
+            }
+        }
+        if !transitions.is_empty() {
+            // Durable before announced, with one sync for the whole batch.
+            let records: Vec<Record> = transitions.iter().map(Record::of).collect();
+            if let Err(e) = shared.journal_append(&records) {
+                warn!(transitions = records.len(), error = %e, "journal append failed; transitions kept in memory only");
+            }
+            for t in transitions.drain(..) {
+                let _ = shared.events.send(Arc::new(Event::Transition(t)));
+            }
         }
     }
 }

@@ -12,7 +12,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use super::{checks::prepare_all, persist, runner, Shared};
+use super::{
+    checks::{prepare_all, EngineParts},
+    persist, runner, Shared,
+};
 use crate::{
     api::{metrics::MetricsInput, server::ApiOptions, server::Server, Control},
     config,
@@ -30,7 +33,7 @@ use crate::{
         uring::{Engine, EngineConfig, StatelessParts},
         PacketSource, PortRange,
     },
-    health::HealthTable,
+    health::{HealthConfig, HealthTable},
     journal::{Journal, JournalOptions},
 };
 
@@ -105,6 +108,7 @@ fn pick_iface(
 /// # Errors
 /// Invalid config, unusable state directory, engine or kernel setup failure.
 pub fn run(opts: &RunOptions) -> Result<()> {
+    super::one_malloc_arena();
     let cfg = match &opts.config {
         Some(path) => config::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None if opts.cluster.is_some() => {
@@ -115,11 +119,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     if opts.cluster.is_some() && !cfg.checks.is_empty() {
         bail!("in cluster mode the checks live in etcd (sonde check add); the config file may only hold [daemon] and [defaults]");
     }
-    let tls = TlsConfigs::default();
-    let entries = prepare_all(cfg.checks.clone(), &tls).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let nofile = budget::raise_nofile_soft_limit().unwrap_or(1024);
-    info!(nofile, checks = entries.len(), "starting");
-
     // Stateless probes: kernel path, userspace fallback, or none.
     let ports: PortRange = cfg.daemon.ports;
     let iface = pick_iface(
@@ -134,17 +133,24 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             .checks
             .iter()
             .any(|c| matches!(c.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp));
-    // The prepared entries hold the specs from here on: free the parsed copies.
-    let cfg = config::Config {
-        checks: Vec::new(),
-        ..cfg
-    };
+    // The prepared entries hold the specs from here on. (A copy kept in `cfg` lived as
+    // long as the daemon: 230 bytes of each of a million checks.)
+    let config::Config {
+        checks,
+        defaults,
+        daemon,
+    } = cfg;
+    let tls = TlsConfigs::default();
+    let entries = prepare_all(checks, &tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nofile = budget::raise_nofile_soft_limit().unwrap_or(1024);
+    info!(nofile, checks = entries.len(), "starting");
+
     let probe_cfg = new_config(ports);
     let mut kernel: Option<KernelProbes> = None;
     let mut stateless: Option<StatelessParts> = None;
     let mut clock = ("userspace".to_owned(), None);
     if let Some(dev) = &iface {
-        let unavailable = if opts.userspace || cfg.daemon.userspace {
+        let unavailable = if opts.userspace || daemon.userspace {
             Some("userspace timestamps requested".to_owned())
         } else {
             ebpf::availability().err().map(|e| e.to_string())
@@ -196,7 +202,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     let (journal, replayed) = Journal::<persist::Record>::open(
         &opts.state_dir.join("journal"),
-        JournalOptions::default(),
+        JournalOptions {
+            max_total_bytes: super::journal_budget(entries.len()),
+            ..JournalOptions::default()
+        },
     )
     .with_context(|| format!("opening the journal in {}", opts.state_dir.display()))?;
 
@@ -207,13 +216,16 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .context("starting the io_uring engine")?;
 
     let now = tokio::time::Instant::now();
-    let mut health = HealthTable::new();
+    let mut health = HealthTable::with_config(HealthConfig::default());
     let mut sched = Scheduler::new();
     let mono =
         || u64::try_from(crate::engine::uring::sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
-    for e in entries.values() {
-        let _ = health.add(Arc::clone(&e.spec), now);
-        sched.add(e.spec.id.clone(), e.spec.interval, e.spec.jitter, mono());
+    for (_, e) in entries {
+        let parts = EngineParts {
+            prepared: e.prepared,
+            probes: 0,
+        };
+        let _ = health.insert(e.spec, now, parts);
     }
     let restored = persist::fold(replayed.into_iter().map(|e| e.record), 16, now);
     let mut resumed = 0;
@@ -224,6 +236,16 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }
     }
     info!(resumed, "state resumed from the journal");
+    // First probes spread over one interval from now, when probing is about to start:
+    // scheduled while loading, a million checks came due at once after the load.
+    let t0 = mono();
+    for (id, h) in health.iter() {
+        let spec = h.spec();
+        sched.add(id.clone(), spec.interval, spec.jitter, t0);
+    }
+    // Loading a large file peaks far above what the checks keep (the parsed document
+    // of a million checks takes ~1.8 GB); give what was freed back to the system.
+    super::release_freed_memory();
 
     let sockets = SocketBudget::from_rlimit(256).unwrap_or_else(|_| SocketBudget::new(768));
     let budgets = Budgets::new(
@@ -243,9 +265,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         } else {
             opts.config.clone()
         },
-        defaults: RwLock::new(cfg.defaults),
-        policy: RwLock::new(cfg.daemon.policy.clone()),
-        checks: RwLock::new(entries),
+        defaults: RwLock::new(defaults),
+        policy: RwLock::new(daemon.policy.clone()),
         health: Mutex::new(health),
         sched: Mutex::new(sched),
         budgets: Mutex::new(budgets),

@@ -653,6 +653,14 @@ impl Budgets {
                 wait => (now.saturating_add(wait), DelayReason::Global),
             }
         };
+        self.record_delayed(reason);
+        Admission::Delay { until_ns, reason }
+    }
+
+    /// Count a probe delayed for `reason` without asking the budgets: the caller knows
+    /// the answer already (the global or in-flight budget refused the probe before it
+    /// in the same round, and refuses everyone until `until`).
+    pub fn record_delayed(&mut self, reason: DelayReason) {
         let counter = match reason {
             DelayReason::Global => &mut self.stats.delayed_by_global,
             DelayReason::Target => &mut self.stats.delayed_by_target,
@@ -660,7 +668,6 @@ impl Budgets {
             DelayReason::Sockets => &mut self.stats.delayed_by_sockets,
         };
         *counter += 1;
-        Admission::Delay { until_ns, reason }
     }
 
     /// Hand back an admitted probe's permits when it ends (answer or timeout).

@@ -4,17 +4,20 @@
 //! power of two is split in 16 buckets, so a percentile is reported within ±3.2 % of
 //! the true value (the bucket's midpoint); the maximum is exact.
 //!
-//! Only the buckets that hold values are stored (sorted `(bucket, count)` pairs), so a
-//! check whose latency stays within a few octaves keeps a few dozen bytes per phase
-//! instead of the ~68 KiB of an HDR histogram with 3 significant digits: this is what
-//! lets one node hold a million checks (see bench/scale.sh).
+//! Only the buckets that hold values are stored (sorted `(bucket, count)` triples of
+//! `u16`, 6 bytes each), so a check whose latency stays within an octave or two keeps
+//! under a hundred bytes per phase instead of the ~68 KiB of an HDR histogram with 3
+//! significant digits: this is what lets one node hold a million checks (see
+//! bench/scale.sh).
 //!
 //! Only successful results are recorded (the health state machine enforces it): a
 //! failure's timing is usually the timeout or an instant refusal, and mixing those in
 //! would make the percentiles describe the failure mode instead of the service.
-//! Histograms are cumulative since the check's state was created (or reset) and are
-//! allocated lazily, on the first value of their phase, so a stateless check pays for
-//! one histogram, not five.
+//! Stateless checks (`tcp_syn`, `icmp`) keep the RTT only: the userspace `total` of
+//! their results times the same exchange and is reported per result, not kept.
+//! Histograms are cumulative since the check's state was created (or reset). The RTT
+//! histogram is inline; the four stateful phases are allocated together on their
+//! first value, so a stateless check pays for one histogram, not five.
 
 use std::time::Duration;
 

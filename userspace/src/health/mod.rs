@@ -6,7 +6,7 @@
 //!
 //! - [`state`]: the state machine of one check ([`CheckHealth`]): thresholds,
 //!   transitions, next probe interval, bounded history.
-//! - [`latency`]: per-phase HDR latency histograms.
+//! - [`latency`]: per-phase latency histograms (sparse, log-linear).
 //! - [`ring`]: the bounded ring buffer behind the histories.
 //! - this module: [`HealthTable`], every check by id, and the serialisable
 //!   [`CheckStatus`] snapshot served to the CLI and API.
@@ -107,12 +107,22 @@ impl CheckHealth {
     }
 }
 
-/// The health of every check, by id.
+/// One check's record in a [`HealthTable`]: its health and what the table's owner
+/// keeps beside it (one allocation, one map entry per check).
+#[derive(Clone, Debug)]
+struct Record<X> {
+    health: CheckHealth,
+    extra: X,
+}
+
+/// The health of every check, by id, with an owner's payload `X` per check (the
+/// daemon keeps the engine's parts of a check there, so that a million checks need
+/// one map and one allocation each, not two).
 #[derive(Clone, Debug, Default)]
-pub struct HealthTable {
+pub struct HealthTable<X = ()> {
     /// Boxed: a hash table keeps up to twice its length in slots, and a slot of a
-    /// pointer costs 8 bytes where one of an inline `CheckHealth` costs ~370.
-    checks: HashMap<CheckId, Box<CheckHealth>>,
+    /// pointer costs 8 bytes where one of an inline record costs ~280.
+    checks: HashMap<CheckId, Box<Record<X>>>,
     config: HealthConfig,
 }
 
@@ -122,7 +132,9 @@ impl HealthTable {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl<X> HealthTable<X> {
     /// An empty table whose checks keep `config` history sizes.
     #[must_use]
     pub fn with_config(config: HealthConfig) -> Self {
@@ -132,15 +144,28 @@ impl HealthTable {
         }
     }
 
-    /// Add a check, starting at `spec.initial` at `now`.
+    /// Add a check, starting at `spec.initial` at `now`, with the default payload.
     ///
     /// # Errors
     ///
     /// [`HealthError::Duplicate`] if the id is present (use [`HealthTable::replace`]).
-    pub fn add(
+    pub fn add(&mut self, spec: impl Into<Arc<CheckSpec>>, now: Instant) -> Result<(), HealthError>
+    where
+        X: Default,
+    {
+        self.insert(spec, now, X::default())
+    }
+
+    /// Add a check, starting at `spec.initial` at `now`, with its payload.
+    ///
+    /// # Errors
+    ///
+    /// [`HealthError::Duplicate`] if the id is present.
+    pub fn insert(
         &mut self,
         spec: impl Into<Arc<CheckSpec>>,
         now: Instant,
+        extra: X,
     ) -> Result<(), HealthError> {
         let spec = spec.into();
         if self.checks.contains_key(&spec.id) {
@@ -148,31 +173,41 @@ impl HealthTable {
         }
         let id = spec.id.clone();
         let health = CheckHealth::with_config(spec, now, self.config);
-        self.checks.insert(id, Box::new(health));
+        self.checks.insert(id, Box::new(Record { health, extra }));
         Ok(())
     }
 
-    /// Add or update a check. An existing check keeps its state if its target and
-    /// probe are unchanged, and is reset otherwise (see the module docs).
-    pub fn replace(&mut self, spec: impl Into<Arc<CheckSpec>>, now: Instant) -> Replaced {
+    /// Add or update a check. An existing check keeps its state (and payload) if its
+    /// target and probe are unchanged, and is reset otherwise (see the module docs;
+    /// the payload is kept then too); a new one gets the default payload.
+    pub fn replace(&mut self, spec: impl Into<Arc<CheckSpec>>, now: Instant) -> Replaced
+    where
+        X: Default,
+    {
         let spec = spec.into();
         match self.checks.get_mut(&spec.id) {
-            Some(health)
-                if health.spec().target == spec.target && health.spec().probe == spec.probe =>
+            Some(r)
+                if r.health.spec().target == spec.target && r.health.spec().probe == spec.probe =>
             {
-                health.set_spec(spec);
+                r.health.set_spec(spec);
                 Replaced::Kept
             }
-            Some(health) => {
+            Some(r) => {
                 let mut fresh = CheckHealth::with_config(spec, now, self.config);
-                fresh.inherit_outcomes(health);
-                **health = fresh;
+                fresh.inherit_outcomes(&r.health);
+                r.health = fresh;
                 Replaced::Reset
             }
             None => {
                 let id = spec.id.clone();
                 let health = CheckHealth::with_config(spec, now, self.config);
-                self.checks.insert(id, Box::new(health));
+                self.checks.insert(
+                    id,
+                    Box::new(Record {
+                        health,
+                        extra: X::default(),
+                    }),
+                );
                 Replaced::Added
             }
         }
@@ -180,14 +215,14 @@ impl HealthTable {
 
     /// Remove a check, returning its final state.
     pub fn remove(&mut self, id: &CheckId) -> Option<CheckHealth> {
-        self.checks.remove(id).map(|b| *b)
+        self.checks.remove(id).map(|r| r.health)
     }
 
     /// Feed a result to its check; returns the transition it caused. A result for an
     /// unknown id (e.g. a late answer of a removed check) is ignored.
     pub fn apply(&mut self, result: &CheckResult, now: Instant) -> Option<Transition> {
         match self.checks.get_mut(&result.check) {
-            Some(health) => health.observe(result, now),
+            Some(r) => r.health.observe(result, now),
             None => {
                 tracing::debug!(check = %result.check, "result for unknown check ignored");
                 None
@@ -198,18 +233,35 @@ impl HealthTable {
     /// The state of one check.
     #[must_use]
     pub fn get(&self, id: &CheckId) -> Option<&CheckHealth> {
-        self.checks.get(id).map(AsRef::as_ref)
+        self.checks.get(id).map(|r| &r.health)
     }
 
     /// The state of one check, to restore it after a restart.
     pub fn get_mut(&mut self, id: &CheckId) -> Option<&mut CheckHealth> {
-        self.checks.get_mut(id).map(AsMut::as_mut)
+        self.checks.get_mut(id).map(|r| &mut r.health)
+    }
+
+    /// The state and payload of one check.
+    #[must_use]
+    pub fn get_with_extra(&self, id: &CheckId) -> Option<(&CheckHealth, &X)> {
+        self.checks.get(id).map(|r| (&r.health, &r.extra))
+    }
+
+    /// The payload of one check, to change it.
+    pub fn extra_mut(&mut self, id: &CheckId) -> Option<&mut X> {
+        self.checks.get_mut(id).map(|r| &mut r.extra)
+    }
+
+    /// Whether `id` is held.
+    #[must_use]
+    pub fn contains(&self, id: &CheckId) -> bool {
+        self.checks.contains_key(id)
     }
 
     /// Time until the next probe of `id` ([`CheckHealth::next_interval`]).
     #[must_use]
     pub fn next_interval(&self, id: &CheckId) -> Option<std::time::Duration> {
-        self.checks.get(id).map(|h| h.next_interval())
+        self.checks.get(id).map(|r| r.health.next_interval())
     }
 
     /// Checks held.
@@ -226,19 +278,38 @@ impl HealthTable {
 
     /// Every check's state, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&CheckId, &CheckHealth)> {
-        self.checks.iter().map(|(k, v)| (k, v.as_ref()))
+        self.checks.iter().map(|(k, r)| (k, &r.health))
     }
 
     /// Status of one check.
     #[must_use]
     pub fn snapshot(&self, id: &CheckId) -> Option<CheckStatus> {
-        self.checks.get(id).map(|h| h.status())
+        self.checks.get(id).map(|r| r.health.status())
+    }
+
+    /// Health and since when (milliseconds since the Unix epoch) of every check,
+    /// sorted by id: what a journal snapshot keeps, without building full statuses.
+    #[must_use]
+    pub fn states(&self) -> Vec<(CheckId, Health, u64)> {
+        let mut all: Vec<(CheckId, Health, u64)> = self
+            .checks
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    r.health.state(),
+                    state::unix_ms(r.health.since_wall()),
+                )
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Status of every check, sorted by id.
     #[must_use]
     pub fn snapshot_all(&self) -> Vec<CheckStatus> {
-        let mut all: Vec<CheckStatus> = self.checks.values().map(|h| h.status()).collect();
+        let mut all: Vec<CheckStatus> = self.checks.values().map(|r| r.health.status()).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }

@@ -50,6 +50,13 @@ impl<T> Ring<T> {
         self.items.push(item);
     }
 
+    /// Allocate all `capacity` slots now (a ring that will fill: growing it by
+    /// doubling leaves each smaller buffer behind as a free fragment).
+    pub fn reserve_full(&mut self) {
+        let capacity = self.capacity();
+        self.items.reserve_exact(capacity - self.items.len());
+    }
+
     /// Items held (at most [`Ring::capacity`]).
     #[must_use]
     pub fn len(&self) -> usize {

@@ -47,7 +47,7 @@ use super::{
 };
 use crate::engine::{
     result::{CheckResult, Reason},
-    spec::{CheckId, CheckSpec, InitialState, Thresholds},
+    spec::{CheckId, CheckSpec, InitialState, ProbeSpec, Thresholds},
     Clock,
 };
 
@@ -168,6 +168,36 @@ pub struct LastResult {
     pub at_wall: SystemTime,
 }
 
+/// A monotonic instant in 8 bytes (an `Instant` takes 16): nanoseconds from a
+/// process-wide reference taken on first use, negative before it. Exact both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Mono(i64);
+
+static MONO_REFERENCE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+impl Mono {
+    fn of(at: Instant) -> Self {
+        let r = *MONO_REFERENCE.get_or_init(|| at);
+        let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        if at >= r {
+            Mono(ns(at - r))
+        } else {
+            Mono(-ns(r - at))
+        }
+    }
+
+    fn instant(self) -> Instant {
+        // Set by the `Mono::of` that made `self`.
+        let r = *MONO_REFERENCE.get_or_init(Instant::now);
+        let d = Duration::from_nanos(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            r + d
+        } else {
+            r.checked_sub(d).unwrap_or(r)
+        }
+    }
+}
+
 /// Health state machine, history and latency of one check.
 ///
 /// Kept small, as a node holds a million of them (bench/scale.sh): a steady check
@@ -179,10 +209,10 @@ pub struct LastResult {
 pub struct CheckHealth {
     /// Shared with the daemon's check table (one copy per check).
     spec: Arc<CheckSpec>,
-    created: Instant,
+    created: Mono,
     /// Wall time of `created`, nanoseconds since the Unix epoch (0 before it).
     created_wall_ns: u64,
-    since: Instant,
+    since: Mono,
     results_seen: u64,
     /// Outcomes, newest in bit 0 (1 = success).
     window_bits: u64,
@@ -209,15 +239,20 @@ pub struct CheckHealth {
 #[derive(Clone, Debug)]
 struct Last {
     seq: u64,
-    at: Instant,
+    at: Mono,
     reason: Reason,
     /// RTT in ns, `u64::MAX` for none.
     rtt_ns: u64,
-    cert_days_left: Option<i32>,
-    http_status: Option<u16>,
+    /// Days until the certificate expires, [`NO_CERT`] for none.
+    cert_days_left: i32,
+    /// HTTP status, 0 for none (a status is 100..=999).
+    http_status: u16,
     ok: bool,
     kernel_clock: bool,
 }
+
+/// No certificate in [`Last::cert_days_left`].
+const NO_CERT: i32 = i32::MIN;
 
 /// One result of the history in 8 bytes (a [`HistoryEntry`] takes 72), rebuilt
 /// from the latest result, which is kept in full:
@@ -313,7 +348,7 @@ impl Slot {
 /// this state decided).
 #[derive(Clone, Debug)]
 struct StoredTransition {
-    at: Instant,
+    at: Mono,
     at_unix_ms: u64,
     reason: Option<Box<Reason>>,
     deciding: Deciding,
@@ -456,11 +491,11 @@ impl CheckHealth {
         Self {
             state: spec.initial.into(),
             spec,
-            created: now,
+            created: Mono::of(now),
             created_wall_ns: wall_now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            since: now,
+            since: Mono::of(now),
             results_seen: 0,
             window_bits: 0,
             consecutive_ok: 0,
@@ -489,7 +524,16 @@ impl CheckHealth {
         if ok {
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_fail = 0;
-            self.latency.record_result(result);
+            if matches!(self.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp) {
+                // A stateless probe's latency is its RTT; its `total` (the same exchange
+                // timed in userspace) stays in each result, not in a second histogram
+                // per check (~230 bytes of each of a million checks).
+                if let Some(rtt) = result.rtt {
+                    self.latency.record(Phase::Rtt, rtt);
+                }
+            } else {
+                self.latency.record_result(result);
+            }
         } else {
             self.consecutive_fail = self.consecutive_fail.saturating_add(1);
             self.consecutive_ok = 0;
@@ -499,18 +543,22 @@ impl CheckHealth {
         self.results_seen += 1;
         self.keep_failure(ok, &result.reason);
         let at_ms = self.ms_since_created(now);
+        if self.history.allocated() == 0 {
+            // Every probed check fills its history: one allocation, no growth steps.
+            self.history.reserve_full();
+        }
         self.history.push(Slot::new(result, at_ms, ok));
         self.last = Some(Last {
             seq: result.seq,
-            at: now,
+            at: Mono::of(now),
             reason: result.reason.clone(),
             rtt_ns: result.rtt.map_or(u64::MAX, |d| {
                 u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
             }),
-            cert_days_left: result
-                .cert_days_left
-                .map(|d| i32::try_from(d).unwrap_or(if d < 0 { i32::MIN } else { i32::MAX })),
-            http_status: result.http_status,
+            cert_days_left: result.cert_days_left.map_or(NO_CERT, |d| {
+                i32::try_from(d).unwrap_or(if d < 0 { NO_CERT + 1 } else { i32::MAX })
+            }),
+            http_status: result.http_status.unwrap_or(0),
             ok,
             kernel_clock: result.clock == Clock::Kernel,
         });
@@ -521,7 +569,7 @@ impl CheckHealth {
         }
         let deciding = self.deciding(self.deciding_len(to));
         let stored = StoredTransition {
-            at: now,
+            at: Mono::of(now),
             at_unix_ms: unix_ms(self.wall_at(now)),
             reason: (deciding.newest().as_ref() != Some(&result.reason))
                 .then(|| Box::new(result.reason.clone())),
@@ -538,7 +586,7 @@ impl CheckHealth {
             "health transition"
         );
         self.state = to;
-        self.since = now;
+        self.since = Mono::of(now);
         self.transitions.push(stored);
         Some(transition)
     }
@@ -611,8 +659,8 @@ impl CheckHealth {
             check: self.spec.id.clone(),
             from: t.from,
             to: t.to,
-            at: t.at,
-            at_ms: self.ms_since_created(t.at),
+            at: t.at.instant(),
+            at_ms: self.ms_since_created(t.at.instant()),
             at_wall: UNIX_EPOCH + Duration::from_millis(t.at_unix_ms),
             reason: match &t.reason {
                 Some(r) => (**r).clone(),
@@ -703,6 +751,12 @@ impl CheckHealth {
         &self.spec
     }
 
+    /// The check's spec, shared.
+    #[must_use]
+    pub fn spec_arc(&self) -> Arc<CheckSpec> {
+        Arc::clone(&self.spec)
+    }
+
     /// Current health.
     #[must_use]
     pub fn state(&self) -> Health {
@@ -712,7 +766,7 @@ impl CheckHealth {
     /// When the current state was entered (creation for the initial state).
     #[must_use]
     pub fn since(&self) -> Instant {
-        self.since
+        self.since.instant()
     }
 
     /// Resume a state saved before a restart: the health, since when (wall time; the
@@ -729,11 +783,11 @@ impl CheckHealth {
         let ago = SystemTime::now()
             .duration_since(since_wall)
             .unwrap_or_default();
-        self.since = now.checked_sub(ago).unwrap_or(self.created);
+        self.since = Mono::of(now.checked_sub(ago).unwrap_or(self.created.instant()));
         for t in transitions {
             let deciding = Deciding::of(&t.results);
             self.transitions.push(StoredTransition {
-                at: t.at,
+                at: Mono::of(t.at),
                 at_unix_ms: unix_ms(t.at_wall),
                 reason: (deciding.newest().as_ref() != Some(&t.reason)).then(|| Box::new(t.reason)),
                 deciding,
@@ -746,13 +800,13 @@ impl CheckHealth {
     /// Wall time of [`CheckHealth::since`], for display.
     #[must_use]
     pub fn since_wall(&self) -> SystemTime {
-        self.wall_at(self.since)
+        self.wall_at(self.since.instant())
     }
 
     /// When this state was created (or last reset).
     #[must_use]
     pub fn created(&self) -> Instant {
-        self.created
+        self.created.instant()
     }
 
     /// Display wall time of the monotonic `at` (creation wall time plus elapsed).
@@ -760,7 +814,7 @@ impl CheckHealth {
     pub fn wall_at(&self, at: Instant) -> SystemTime {
         UNIX_EPOCH
             + Duration::from_nanos(self.created_wall_ns)
-            + at.saturating_duration_since(self.created)
+            + at.saturating_duration_since(self.created.instant())
     }
 
     /// Successes in a row ending with the latest result.
@@ -800,11 +854,11 @@ impl CheckHealth {
             } else {
                 Clock::Userspace
             },
-            http_status: l.http_status,
-            cert_days_left: l.cert_days_left.map(i64::from),
-            at: l.at,
-            at_ms: self.ms_since_created(l.at),
-            at_wall: self.wall_at(l.at),
+            http_status: (l.http_status != 0).then_some(l.http_status),
+            cert_days_left: (l.cert_days_left != NO_CERT).then_some(i64::from(l.cert_days_left)),
+            at: l.at.instant(),
+            at_ms: self.ms_since_created(l.at.instant()),
+            at_wall: self.wall_at(l.at.instant()),
         })
     }
 
@@ -820,7 +874,7 @@ impl CheckHealth {
         let Some(last) = &self.last else {
             return Vec::new();
         };
-        let last_at_ms = self.ms_since_created(last.at);
+        let last_at_ms = self.ms_since_created(last.at.instant());
         #[allow(clippy::cast_possible_truncation)]
         let at_low = last_at_ms as u32;
         // Sequence numbers, rebuilt newest to oldest from the latest result's.
@@ -854,7 +908,7 @@ impl CheckHealth {
                     } else {
                         Clock::Userspace
                     },
-                    at: self.created + Duration::from_millis(at_ms),
+                    at: self.created.instant() + Duration::from_millis(at_ms),
                     at_ms,
                 }
             })
@@ -940,7 +994,7 @@ impl CheckHealth {
     }
 
     fn ms_since_created(&self, at: Instant) -> u64 {
-        duration_ms(at.saturating_duration_since(self.created))
+        duration_ms(at.saturating_duration_since(self.created.instant()))
     }
 }
 

@@ -345,6 +345,13 @@ impl<T> Journal<T> {
         self.opts.max_total_bytes - self.opts.max_total_bytes / 4
     }
 
+    /// Change the bound of all segments together ([`JournalOptions::max_total_bytes`]),
+    /// e.g. as the number of checks whose state a compaction snapshot holds changes.
+    /// Never below what the segments hold now.
+    pub fn set_max_total_bytes(&mut self, bytes: u64) {
+        self.opts.max_total_bytes = bytes.max(self.len_bytes());
+    }
+
     /// Whether the journal has grown to [`Journal::compaction_threshold`]: time to
     /// call [`Journal::compact`] before appends fail with [`JournalError::Full`].
     /// A snapshot should be well below the threshold, or the journal needs compacting

@@ -407,6 +407,31 @@ fn full_when_over_budget_until_compacted() {
 }
 
 #[test]
+fn a_raised_budget_takes_more_and_a_lowered_one_keeps_what_is_there() {
+    let tmp = TempDir::new();
+    let (mut j, _) = open(&tmp.0, small());
+    let mut n = 0;
+    while j.append(&rec(n)).is_ok() {
+        n += 1;
+    }
+    // A snapshot of more checks than the budget was sized for: raise it.
+    j.set_max_total_bytes(4 * 8192);
+    assert!(!j.needs_compaction());
+    j.append(&rec(n)).expect("room after raising the budget");
+    let held = j.len_bytes();
+    j.set_max_total_bytes(1);
+    assert_eq!(
+        j.options().max_total_bytes,
+        held,
+        "never below what is held"
+    );
+    assert!(matches!(
+        j.append(&rec(0)).unwrap_err(),
+        JournalError::Full { .. }
+    ));
+}
+
+#[test]
 fn needs_compaction_before_full() {
     let tmp = TempDir::new();
     let (mut j, _) = open(&tmp.0, small());

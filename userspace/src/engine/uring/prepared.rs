@@ -56,6 +56,12 @@ impl std::fmt::Debug for Prepared {
 static NOTHING: std::sync::LazyLock<Arc<Prepared>> = std::sync::LazyLock::new(Arc::default);
 
 impl Prepared {
+    /// The shared empty preparation.
+    #[must_use]
+    pub fn none() -> Arc<Self> {
+        Arc::clone(&NOTHING)
+    }
+
     /// [`Prepared::new`] behind an `Arc`; checks that need no preparation share one
     /// (a million of them would otherwise hold a million empty allocations).
     ///
