@@ -103,6 +103,25 @@ fn call(ns: &Netns, method: &str, path: &str, body: Option<&Value>) -> Result<Va
     Ok(v["value"].clone())
 }
 
+/// Wait until no address in `ns` is tentative (IPv6 duplicate address detection).
+fn settle_addresses(ns: &Netns, limit: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = ns.ip(&["-6", "addr", "show", "tentative"])?;
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "addresses in {} still tentative after {limit:?}: {}",
+                ns.name(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl<'a> Browser<'a> {
     /// Start ChromeDriver in `ns` and open a headless Chromium session with a fresh
     /// profile under `profile`.
@@ -110,6 +129,12 @@ impl<'a> Browser<'a> {
     /// # Errors
     /// ChromeDriver does not come up or the session cannot be created.
     pub fn start(ns: &'a Netns, profile: &Path) -> Result<Self> {
+        // Chromium aborts requests in flight with ERR_NETWORK_CHANGED when an address
+        // of its namespace changes, e.g. a fresh veth's IPv6 link-local address leaving
+        // duplicate address detection a second or two after the lab came up (seen once
+        // in CI: the page's event stream failed right after loading). Start it once
+        // the namespace's addresses are settled.
+        settle_addresses(ns, Duration::from_secs(5))?;
         let port = format!("--port={DRIVER_PORT}");
         ns.spawn(&[CHROMEDRIVER, &port])
             .context("starting chromedriver")?;
