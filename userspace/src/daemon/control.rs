@@ -83,7 +83,7 @@ impl Shared {
 
 impl Control for Shared {
     fn status(&self) -> Vec<CheckStatus> {
-        self.health.lock().snapshot_all()
+        self.each_check(CheckHealth::status)
     }
 
     fn check(&self, id: &str) -> Option<CheckStatus> {

@@ -123,6 +123,26 @@ pub(crate) fn release_freed_memory() {
 }
 
 impl Shared {
+    /// `f` of every check, sorted by id, holding the table's lock for 1,024 checks at a
+    /// time: the dispatcher and the result loop take it for every probe, and a full
+    /// status of a million checks takes about a second. (Checks added or removed
+    /// meanwhile may be missed or left out; each check's own view is consistent.)
+    fn each_check<R>(&self, f: impl Fn(&crate::health::CheckHealth) -> R) -> Vec<R> {
+        let mut ids: Vec<CheckId> = self
+            .health
+            .lock()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1024) {
+            let h = self.health.lock();
+            out.extend(chunk.iter().filter_map(|id| h.get(id)).map(&f));
+        }
+        out
+    }
+
     /// Append to the journal (one sync for all of `records`), compacting first when it
     /// is over its budget. The budget follows the number of checks (see
     /// [`journal_budget`]): a compaction snapshot of a million checks is ~100 MB, more

@@ -507,14 +507,14 @@ async fn refresh_cluster_view(
 }
 
 pub(super) fn render_metrics(s: &Shared) -> String {
-    let (statuses, outcomes) = {
-        let health = s.health.lock();
-        let outcomes = health
-            .iter()
-            .map(|(id, h)| (id.clone(), h.outcomes().collect()))
-            .collect();
-        (health.snapshot_all(), outcomes)
-    };
+    let (statuses, outcomes): (Vec<_>, _) = s
+        .each_check(|h| {
+            let status = h.status();
+            let outcomes = (status.id.clone(), h.outcomes().collect());
+            (status, outcomes)
+        })
+        .into_iter()
+        .unzip();
     let input = MetricsInput {
         info: s.info(),
         statuses,
