@@ -105,10 +105,7 @@ fn main() {
         let before_sched = live();
         sched.add(spec.id.clone(), spec.interval, 0.0, 0);
         scheduled += live() - before_sched;
-        let parts = EngineParts {
-            prepared: entry.prepared,
-            probes: 0,
-        };
+        let parts = EngineParts::new(entry.prepared);
         health.insert(spec, now, parts).expect("new id");
     }
     rows.push((

@@ -41,12 +41,20 @@ pub struct EngineParts {
     pub probes: u64,
 }
 
-impl Default for EngineParts {
-    fn default() -> Self {
+impl EngineParts {
+    /// A check about to run with `prepared`, no probe sent yet.
+    #[must_use]
+    pub fn new(prepared: Arc<Prepared>) -> Self {
         Self {
-            prepared: Prepared::none(),
+            prepared,
             probes: 0,
         }
+    }
+}
+
+impl Default for EngineParts {
+    fn default() -> Self {
+        Self::new(Prepared::none())
     }
 }
 

@@ -27,10 +27,7 @@ impl Shared {
     fn start_check(&self, entry: Entry) {
         let id = entry.spec.id.clone();
         let now = tokio::time::Instant::now();
-        let parts = EngineParts {
-            prepared: entry.prepared,
-            probes: 0,
-        };
+        let parts = EngineParts::new(entry.prepared);
         let _ = self
             .health
             .lock()

@@ -221,10 +221,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let mono =
         || u64::try_from(crate::engine::uring::sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
     for (_, e) in entries {
-        let parts = EngineParts {
-            prepared: e.prepared,
-            probes: 0,
-        };
+        let parts = EngineParts::new(e.prepared);
         let _ = health.insert(e.spec, now, parts);
     }
     let restored = persist::fold(replayed.into_iter().map(|e| e.record), 16, now);

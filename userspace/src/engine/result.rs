@@ -160,6 +160,16 @@ impl Reason {
         Self::LABELS[usize::from(self.label_index())]
     }
 
+    /// The label at `index` in [`Reason::LABELS`] (`"unknown"` past its end), the
+    /// inverse of [`Reason::label_index`].
+    #[must_use]
+    pub fn label_of(index: u8) -> &'static str {
+        Self::LABELS
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or("unknown")
+    }
+
     /// Index of [`Reason::label`] in [`Reason::LABELS`] (a compact form for per-check
     /// histories and counts).
     #[must_use]

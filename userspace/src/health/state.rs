@@ -334,10 +334,7 @@ impl Slot {
     }
 
     fn label(self) -> &'static str {
-        Reason::LABELS
-            .get(((self.0 >> 58) & 0xf) as usize)
-            .copied()
-            .unwrap_or("unknown")
+        Reason::label_of(((self.0 >> 58) & 0xf) as u8)
     }
 }
 
@@ -445,13 +442,7 @@ impl OutcomeCounts {
         std::iter::once(first)
             .filter(|e| e.1 > 0)
             .chain(self.more.iter().copied())
-            .map(|(l, n)| {
-                let label = Reason::LABELS
-                    .get(usize::from(l))
-                    .copied()
-                    .unwrap_or("unknown");
-                (label, n)
-            })
+            .map(|(l, n)| (Reason::label_of(l), n))
     }
 }
 
@@ -622,22 +613,19 @@ impl CheckHealth {
         }
     }
 
-    /// The newest `len` results (oldest first), to cite in a transition.
+    /// The newest `len` results (oldest first), to cite in a transition: successes
+    /// from the window register, failures with their kept reasons.
     fn deciding(&self, len: usize) -> Deciding {
         let len = len
             .min(MAX_DECIDING_RESULTS)
             .min(usize::try_from(self.results_seen).unwrap_or(MAX_DECIDING_RESULTS));
-        let mut d = Deciding {
-            len: u8::try_from(len).unwrap_or(u8::MAX),
-            ..Deciding::default()
-        };
-        let mut failures = Vec::new();
-        for i in 0..len {
-            // Result i of the deciding ones is `back` results before the newest.
-            let back = len - 1 - i;
-            if self.window_bits >> back & 1 == 1 {
-                d.ok |= 1 << i;
-            } else {
+        let results: Vec<(bool, Reason)> = (0..len)
+            .map(|i| {
+                // Result i of the deciding ones is `back` results before the newest.
+                let back = len - 1 - i;
+                if self.window_bits >> back & 1 == 1 {
+                    return (true, Reason::Ok);
+                }
                 let n = self.results_seen - back as u64;
                 let reason = self
                     .failures
@@ -645,13 +633,13 @@ impl CheckHealth {
                     .and_then(|f| f.iter().find(|(m, _)| *m == n))
                     .map(|(_, r)| r.clone());
                 debug_assert!(reason.is_some(), "failure {n} not kept");
-                failures.push(reason.unwrap_or(Reason::Local {
+                let reason = reason.unwrap_or(Reason::Local {
                     detail: "reason not kept".to_owned(),
-                }));
-            }
-        }
-        d.failures = failures.into_boxed_slice();
-        d
+                });
+                (false, reason)
+            })
+            .collect();
+        Deciding::of(&results)
     }
 
     fn expand(&self, t: &StoredTransition) -> Transition {
