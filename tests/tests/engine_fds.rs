@@ -52,7 +52,7 @@ fn no_fd_leak_after_100k_probes() {
             .recv_timeout(Duration::from_secs(10))
             .expect("result");
     }
-    let before = open_fds();
+    let before = settled_fds();
     let total = 100_000u64;
     let mut counts = [0u64; 2];
     let mut producer = {
@@ -88,8 +88,25 @@ fn no_fd_leak_after_100k_probes() {
         }
     });
     assert_eq!(counts, [total / 2, total / 2]);
-    assert_eq!(open_fds(), before, "file descriptors after {total} probes");
+    assert_eq!(
+        settled_fds(),
+        before,
+        "file descriptors after {total} probes"
+    );
     let stats = engine.stats();
     assert_eq!(stats.started, stats.finished);
     engine.shutdown();
+}
+
+/// Descriptors this process holds, ignoring a connection the test's own acceptor
+/// thread holds for an instant (it accepts and closes): the fewest of a few reads.
+/// A leaked descriptor stays open, so it shows in every read.
+fn settled_fds() -> usize {
+    (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            open_fds()
+        })
+        .min()
+        .expect("five reads")
 }

@@ -613,6 +613,9 @@ impl Worker {
                 }
             }
             let r = slot.take_result();
+            // Close the probe's socket before its result is announced: whoever gets
+            // the result may count on the probe's resources being released.
+            drop(slot);
             self.finish_result(r);
         }
     }
