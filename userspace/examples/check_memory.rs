@@ -10,11 +10,13 @@
 //! N=200000 ROUNDS=33 cargo run --release -p sonde --example check_memory
 //! ```
 //!
-//! Counted: bytes asked of the allocator (not its rounding or fragmentation, which the
-//! RSS of scale.sh includes).
+//! Counted: bytes asked of the allocator (the daemon's, mimalloc), by component; and
+//! the resident memory this process grew by (its allocator's rounding and
+//! fragmentation included, as in the RSS of scale.sh), in total and after each load
+//! step (stderr).
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
+    alloc::{GlobalAlloc, Layout},
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
@@ -35,23 +37,24 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+// SAFETY: forwards every call to mimalloc (the daemon's allocator) unchanged; only
+// counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -69,9 +72,24 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Resident set size of this process, bytes (after returning freed memory, as the
+/// daemon does after a load).
+fn rss() -> usize {
+    // SAFETY: only asks mimalloc to return free pages.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
 fn main() {
     let n = env("N", 1_000_000);
     let rounds = env("ROUNDS", 33);
+    let rss_start = rss();
     let start = live();
     let mut toml = String::from("[defaults]\ninterval = \"20s\"\ntimeout = \"1s\"\n\n");
     for i in 0..n {
@@ -83,6 +101,11 @@ fn main() {
     let config = sonde::config::parse_str(&toml, "<generated>").expect("valid config");
     drop(toml);
     let specs = config.checks;
+    eprintln!(
+        "after parse: asked {:.1} B/check, resident {:.1} B/check",
+        (live() - start) as f64 / n as f64,
+        (rss() - rss_start) as f64 / n as f64
+    );
     let mut rows: Vec<(&str, usize)> = Vec::new();
     // The specs' own heap (ids, host strings), without the Vec holding them, which
     // prepare_all consumes.
@@ -95,24 +118,45 @@ fn main() {
     // `prepare_all` frees the Vec of specs it consumed: add it back.
     let vec_bytes = n * std::mem::size_of::<sonde::engine::spec::CheckSpec>();
     let after_prepare = live() + vec_bytes;
+    eprintln!(
+        "after prepare: asked {:.1} B/check, resident {:.1} B/check",
+        (live() - start) as f64 / n as f64,
+        (rss() - rss_start) as f64 / n as f64
+    );
     // The daemon's table of checks: health with the engine's parts, one record each.
     let now = tokio::time::Instant::now();
     let mut health: HealthTable<EngineParts> = HealthTable::with_config(HealthConfig::default());
     let mut sched = Scheduler::with_seed(1);
     let mut scheduled = 0;
+    let mut timing = Vec::with_capacity(n);
     for (_, entry) in table {
         let spec = entry.spec;
-        let before_sched = live();
-        sched.add(spec.id.clone(), spec.interval, 0.0, 0);
-        scheduled += live() - before_sched;
+        timing.push((spec.id.clone(), spec.interval));
         let parts = EngineParts::new(entry.prepared);
         health.insert(spec, now, parts).expect("new id");
     }
+    eprintln!(
+        "table built: asked {:.1} B/check, resident {:.1} B/check",
+        (live() - start) as f64 / n as f64,
+        (rss() - rss_start) as f64 / n as f64
+    );
+    let before_sched = live();
+    for (id, interval) in timing {
+        sched.add(id, interval, 0.0, 0);
+    }
+    scheduled += live() - before_sched;
     rows.push((
         "specs (Arc) and the table of checks, before results",
         live() + vec_bytes - before - scheduled,
     ));
     let _ = after_prepare;
+    let loaded_asked = live() - start;
+    let loaded_rss = rss() - rss_start;
+    eprintln!(
+        "after load: asked {:.1} B/check, resident {:.1} B/check",
+        loaded_asked as f64 / n as f64,
+        loaded_rss as f64 / n as f64
+    );
 
     let before = live();
     let mut seq = 0u64;
@@ -152,5 +196,12 @@ fn main() {
         println!("{:>8.1} B/check  {what}", *bytes as f64 / n as f64);
     }
     println!("{:>8.1} B/check  total", total as f64 / n as f64);
+    // What the allocator's rounding, headers and fragmentation add: resident memory
+    // beside what was asked (less the list of ids this program keeps for itself).
+    let resident = rss() - rss_start - ids.capacity() * std::mem::size_of::<CheckId>();
+    println!(
+        "{:>8.1} B/check  resident (RSS growth, without this program's list of ids)",
+        resident as f64 / n as f64
+    );
     std::hint::black_box((&health, &sched));
 }

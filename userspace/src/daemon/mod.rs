@@ -98,28 +98,12 @@ pub(crate) fn journal_budget(checks: usize) -> u64 {
     (checks as u64).saturating_mul(512).max(default)
 }
 
-/// Allocate from one malloc arena in all threads (glibc's `M_ARENA_MAX`), before
-/// the daemon starts any: checks are loaded by the main thread and grow their
-/// histories in the result loop, and with an arena per thread neither reused the
-/// other's free memory (bench/scale.sh: 1,710 -> 1,324 bytes per check at 200,000
-/// checks). Small allocations stay per thread in glibc's thread caches.
-pub(crate) fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Return freed heap memory to the system (glibc keeps it otherwise: after loading a
-/// million checks, RSS stayed at the parser's peak). Called after loads and reloads.
+/// Return freed heap memory to the system now rather than after the allocator's
+/// delay (the binary's allocator is mimalloc, see `main.rs`; with another allocator
+/// this does nothing): called after loads and reloads, which free a parse's worth.
 pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer of ours
-    // is involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // SAFETY: mi_collect only walks mimalloc's own pages; no pointer of ours is involved.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 impl Shared {

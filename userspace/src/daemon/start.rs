@@ -108,7 +108,6 @@ fn pick_iface(
 /// # Errors
 /// Invalid config, unusable state directory, engine or kernel setup failure.
 pub fn run(opts: &RunOptions) -> Result<()> {
-    super::one_malloc_arena();
     let cfg = match &opts.config {
         Some(path) => config::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None if opts.cluster.is_some() => {

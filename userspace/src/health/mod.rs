@@ -28,15 +28,17 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 pub use latency::{LatencySummary, Phase, PhaseLatencies};
-pub use ring::Ring;
-pub use state::{CheckHealth, Health, HealthConfig, HistoryEntry, LastResult, Transition};
+pub use ring::{InlineRing, Ring};
+pub use state::{
+    CheckHealth, Health, HealthConfig, HistoryEntry, LastResult, Transition, HISTORY_MAX,
+};
 
 use crate::engine::{
     result::CheckResult,
@@ -108,21 +110,35 @@ impl CheckHealth {
 }
 
 /// One check's record in a [`HealthTable`]: its health and what the table's owner
-/// keeps beside it (one allocation, one map entry per check).
+/// keeps beside it (one slab entry, one index entry per check).
 #[derive(Clone, Debug)]
 struct Record<X> {
     health: CheckHealth,
     extra: X,
 }
 
+/// Records per slab chunk: ~128 KiB chunks, allocated as checks are added.
+const CHUNK: usize = 2048;
+
 /// The health of every check, by id, with an owner's payload `X` per check (the
 /// daemon keeps the engine's parts of a check there, so that a million checks need
-/// one map and one allocation each, not two).
+/// one record each, not two).
+///
+/// Memory, for a million checks: records live in a slab of fixed chunks, numbered,
+/// so a check costs no allocation of its own (no allocator header, no fragment) and
+/// the index by id holds a 4-byte check number per slot, the id being read from the
+/// record (a map from id to record held a 16-byte id and an 8-byte box per slot,
+/// and a hash table keeps up to twice its length in slots). A removed check's
+/// number is reused by the next one added.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTable<X = ()> {
-    /// Boxed: a hash table keeps up to twice its length in slots, and a slot of a
-    /// pointer costs 8 bytes where one of an inline record costs ~280.
-    checks: HashMap<CheckId, Box<Record<X>>>,
+    /// Check numbers, hashed by their record's id.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::quality::RandomState,
+    /// Records by check number, in chunks of [`CHUNK`]; `None` is a free number.
+    chunks: Vec<Box<[Option<Record<X>>]>>,
+    /// Free check numbers.
+    free: Vec<u32>,
     config: HealthConfig,
 }
 
@@ -134,14 +150,76 @@ impl HealthTable {
     }
 }
 
+/// The record numbered `n`, if held.
+fn record<X>(chunks: &[Box<[Option<Record<X>>]>], n: u32) -> Option<&Record<X>> {
+    let n = n as usize;
+    chunks.get(n / CHUNK)?.get(n % CHUNK)?.as_ref()
+}
+
+/// The id of record `n` (every number in the index has a record).
+fn id_of<X>(chunks: &[Box<[Option<Record<X>>]>], n: u32) -> &CheckId {
+    match record(chunks, n) {
+        Some(r) => &r.health.spec().id,
+        None => unreachable!("health table: indexed check number {n} without a record"),
+    }
+}
+
 impl<X> HealthTable<X> {
-    /// An empty table whose checks keep `config` history sizes.
+    /// An empty table whose checks keep `config` history sizes (a history of more
+    /// than [`HISTORY_MAX`] results keeps [`HISTORY_MAX`]).
     #[must_use]
     pub fn with_config(config: HealthConfig) -> Self {
         Self {
-            checks: HashMap::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::quality::RandomState::default(),
+            chunks: Vec::new(),
+            free: Vec::new(),
             config,
         }
+    }
+
+    fn hash(&self, id: &CheckId) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(id)
+    }
+
+    /// The number of the check `id`, if held.
+    fn number(&self, id: &CheckId) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.index
+            .find(self.hash(id), |&n| id_of(chunks, n) == id)
+            .copied()
+    }
+
+    fn get_record(&self, id: &CheckId) -> Option<&Record<X>> {
+        self.number(id).and_then(|n| record(&self.chunks, n))
+    }
+
+    fn get_record_mut(&mut self, id: &CheckId) -> Option<&mut Record<X>> {
+        let n = self.number(id)? as usize;
+        self.chunks[n / CHUNK][n % CHUNK].as_mut()
+    }
+
+    /// Store a record under a free number and index it (its id must be new).
+    fn put(&mut self, record: Record<X>) {
+        let hash = self.hash(&record.health.spec().id);
+        let n = match self.free.pop() {
+            Some(n) => n,
+            None => {
+                let n = self.chunks.len() * CHUNK;
+                self.chunks
+                    .push(std::iter::repeat_with(|| None).take(CHUNK).collect());
+                self.free.extend((n + 1..n + CHUNK).rev().map(number));
+                number(n)
+            }
+        };
+        let (i, j) = (n as usize / CHUNK, n as usize % CHUNK);
+        self.chunks[i][j] = Some(record);
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.index.insert_unique(hash, n, |&m| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(id_of(chunks, m))
+        });
     }
 
     /// Add a check, starting at `spec.initial` at `now`, with the default payload.
@@ -168,12 +246,11 @@ impl<X> HealthTable<X> {
         extra: X,
     ) -> Result<(), HealthError> {
         let spec = spec.into();
-        if self.checks.contains_key(&spec.id) {
+        if self.number(&spec.id).is_some() {
             return Err(HealthError::Duplicate(spec.id.clone()));
         }
-        let id = spec.id.clone();
         let health = CheckHealth::with_config(spec, now, self.config);
-        self.checks.insert(id, Box::new(Record { health, extra }));
+        self.put(Record { health, extra });
         Ok(())
     }
 
@@ -185,7 +262,8 @@ impl<X> HealthTable<X> {
         X: Default,
     {
         let spec = spec.into();
-        match self.checks.get_mut(&spec.id) {
+        let config = self.config;
+        match self.get_record_mut(&spec.id) {
             Some(r)
                 if r.health.spec().target == spec.target && r.health.spec().probe == spec.probe =>
             {
@@ -193,21 +271,17 @@ impl<X> HealthTable<X> {
                 Replaced::Kept
             }
             Some(r) => {
-                let mut fresh = CheckHealth::with_config(spec, now, self.config);
+                let mut fresh = CheckHealth::with_config(spec, now, config);
                 fresh.inherit_outcomes(&r.health);
                 r.health = fresh;
                 Replaced::Reset
             }
             None => {
-                let id = spec.id.clone();
-                let health = CheckHealth::with_config(spec, now, self.config);
-                self.checks.insert(
-                    id,
-                    Box::new(Record {
-                        health,
-                        extra: X::default(),
-                    }),
-                );
+                let health = CheckHealth::with_config(spec, now, config);
+                self.put(Record {
+                    health,
+                    extra: X::default(),
+                });
                 Replaced::Added
             }
         }
@@ -215,13 +289,22 @@ impl<X> HealthTable<X> {
 
     /// Remove a check, returning its final state.
     pub fn remove(&mut self, id: &CheckId) -> Option<CheckHealth> {
-        self.checks.remove(id).map(|r| r.health)
+        let hash = self.hash(id);
+        let chunks = &self.chunks;
+        let (n, _) = self
+            .index
+            .find_entry(hash, |&n| id_of(chunks, n) == id)
+            .ok()?
+            .remove();
+        let record = self.chunks[n as usize / CHUNK][n as usize % CHUNK].take()?;
+        self.free.push(n);
+        Some(record.health)
     }
 
     /// Feed a result to its check; returns the transition it caused. A result for an
     /// unknown id (e.g. a late answer of a removed check) is ignored.
     pub fn apply(&mut self, result: &CheckResult, now: Instant) -> Option<Transition> {
-        match self.checks.get_mut(&result.check) {
+        match self.get_record_mut(&result.check) {
             Some(r) => r.health.observe(result, now),
             None => {
                 tracing::debug!(check = %result.check, "result for unknown check ignored");
@@ -233,58 +316,64 @@ impl<X> HealthTable<X> {
     /// The state of one check.
     #[must_use]
     pub fn get(&self, id: &CheckId) -> Option<&CheckHealth> {
-        self.checks.get(id).map(|r| &r.health)
+        self.get_record(id).map(|r| &r.health)
     }
 
     /// The state of one check, to restore it after a restart.
     pub fn get_mut(&mut self, id: &CheckId) -> Option<&mut CheckHealth> {
-        self.checks.get_mut(id).map(|r| &mut r.health)
+        self.get_record_mut(id).map(|r| &mut r.health)
     }
 
     /// The state and payload of one check.
     #[must_use]
     pub fn get_with_extra(&self, id: &CheckId) -> Option<(&CheckHealth, &X)> {
-        self.checks.get(id).map(|r| (&r.health, &r.extra))
+        self.get_record(id).map(|r| (&r.health, &r.extra))
     }
 
     /// The payload of one check, to change it.
     pub fn extra_mut(&mut self, id: &CheckId) -> Option<&mut X> {
-        self.checks.get_mut(id).map(|r| &mut r.extra)
+        self.get_record_mut(id).map(|r| &mut r.extra)
     }
 
     /// Whether `id` is held.
     #[must_use]
     pub fn contains(&self, id: &CheckId) -> bool {
-        self.checks.contains_key(id)
+        self.number(id).is_some()
     }
 
     /// Time until the next probe of `id` ([`CheckHealth::next_interval`]).
     #[must_use]
     pub fn next_interval(&self, id: &CheckId) -> Option<std::time::Duration> {
-        self.checks.get(id).map(|r| r.health.next_interval())
+        self.get(id).map(CheckHealth::next_interval)
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Record<X>> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter().filter_map(Option::as_ref))
     }
 
     /// Checks held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.checks.len()
+        self.index.len()
     }
 
     /// Whether no check is held.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.checks.is_empty()
+        self.index.is_empty()
     }
 
     /// Every check's state, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&CheckId, &CheckHealth)> {
-        self.checks.iter().map(|(k, r)| (k, &r.health))
+        self.records().map(|r| (&r.health.spec().id, &r.health))
     }
 
     /// Status of one check.
     #[must_use]
     pub fn snapshot(&self, id: &CheckId) -> Option<CheckStatus> {
-        self.checks.get(id).map(|r| r.health.status())
+        self.get(id).map(CheckHealth::status)
     }
 
     /// Health and since when (milliseconds since the Unix epoch) of every check,
@@ -292,11 +381,10 @@ impl<X> HealthTable<X> {
     #[must_use]
     pub fn states(&self) -> Vec<(CheckId, Health, u64)> {
         let mut all: Vec<(CheckId, Health, u64)> = self
-            .checks
-            .iter()
-            .map(|(id, r)| {
+            .records()
+            .map(|r| {
                 (
-                    id.clone(),
+                    r.health.spec().id.clone(),
                     r.health.state(),
                     state::unix_ms(r.health.since_wall()),
                 )
@@ -309,8 +397,14 @@ impl<X> HealthTable<X> {
     /// Status of every check, sorted by id.
     #[must_use]
     pub fn snapshot_all(&self) -> Vec<CheckStatus> {
-        let mut all: Vec<CheckStatus> = self.checks.values().map(|r| r.health.status()).collect();
+        let mut all: Vec<CheckStatus> = self.records().map(|r| r.health.status()).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
+}
+
+/// Check number `n` (numbers stay below `u32::MAX`: 4 billion checks would need
+/// terabytes).
+fn number(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or_else(|_| panic!("health table: more than {} checks", u32::MAX))
 }

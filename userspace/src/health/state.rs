@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use super::{
     latency::{LatencyRecorder, LatencySummary, Phase, PhaseLatencies},
-    ring::Ring,
+    ring::{InlineRing, Ring},
 };
 use crate::engine::{
     result::{CheckResult, Reason},
@@ -79,7 +79,7 @@ impl From<InitialState> for Health {
 /// Sizes of the bounded per-check histories.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Results kept in [`CheckHealth::history`] (default 32).
+    /// Results kept in [`CheckHealth::history`] (default and most: [`HISTORY_MAX`]).
     pub history: usize,
     /// Transitions kept in [`CheckHealth::transitions`] (default 16).
     pub transitions: usize,
@@ -88,7 +88,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            history: 32,
+            history: HISTORY_MAX,
             transitions: 16,
         }
     }
@@ -118,6 +118,10 @@ pub struct Transition {
     /// (Window); at most [`MAX_DECIDING_RESULTS`].
     pub results: Vec<(bool, Reason)>,
 }
+
+/// Most results a check's history keeps (and the default): kept inline in the
+/// check's state, 8 bytes each.
+pub const HISTORY_MAX: usize = 32;
 
 /// One result in [`CheckHealth::history`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -201,9 +205,9 @@ impl Mono {
 /// Health state machine, history and latency of one check.
 ///
 /// Kept small, as a node holds a million of them (bench/scale.sh): a steady check
-/// holds its fixed part, 8 bytes per result of its history, its transitions (96
-/// bytes each, plus the reasons of failures that decided them) and a few 8-byte
-/// latency buckets. Failure reasons are kept only as long as a transition may cite
+/// holds its fixed part with its history inline ([`HISTORY_MAX`] results of 8
+/// bytes), its transitions (56 bytes each, plus the reasons of failures that decided
+/// them) and a few 6-byte latency buckets. Failure reasons are kept only as long as a transition may cite
 /// them; successes are a bit in `window_bits`.
 #[derive(Clone, Debug)]
 pub struct CheckHealth {
@@ -229,7 +233,7 @@ pub struct CheckHealth {
     #[allow(clippy::box_collection)]
     failures: Option<Box<VecDeque<(u64, Reason)>>>,
     /// Compact results (see [`Slot`]); [`CheckHealth::history`] expands them.
-    history: Ring<Slot>,
+    history: InlineRing<Slot, HISTORY_MAX>,
     transitions: Ring<StoredTransition>,
     latency: LatencyRecorder,
     outcomes: OutcomeCounts,
@@ -264,7 +268,7 @@ const NO_CERT: i32 = i32::MIN;
 /// - bits 40-57: the RTT (see [`encode_rtt`]);
 /// - bits 58-61: the reason's [`Reason::label_index`];
 /// - bit 62: success; bit 63: measured by the kernel clock.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Slot(u64);
 
 const _: () = assert!(Reason::LABELS.len() <= 16, "a slot keeps 4 bits of label");
@@ -494,7 +498,7 @@ impl CheckHealth {
             window_seen: 0,
             last: None,
             failures: None,
-            history: Ring::new(config.history),
+            history: InlineRing::new(config.history),
             transitions: Ring::new(config.transitions),
             latency: LatencyRecorder::new(),
             outcomes: OutcomeCounts::default(),
@@ -534,10 +538,6 @@ impl CheckHealth {
         self.results_seen += 1;
         self.keep_failure(ok, &result.reason);
         let at_ms = self.ms_since_created(now);
-        if self.history.allocated() == 0 {
-            // Every probed check fills its history: one allocation, no growth steps.
-            self.history.reserve_full();
-        }
         self.history.push(Slot::new(result, at_ms, ok));
         self.last = Some(Last {
             seq: result.seq,
@@ -915,12 +915,10 @@ impl CheckHealth {
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         let reason = std::mem::size_of::<Reason>();
-        self.history.allocated() * std::mem::size_of::<Slot>()
-            + self.failures.as_ref().map_or(0, |f| {
-                std::mem::size_of::<VecDeque<(u64, Reason)>>()
-                    + f.capacity() * std::mem::size_of::<(u64, Reason)>()
-            })
-            + self.transitions.allocated() * std::mem::size_of::<StoredTransition>()
+        self.failures.as_ref().map_or(0, |f| {
+            std::mem::size_of::<VecDeque<(u64, Reason)>>()
+                + f.capacity() * std::mem::size_of::<(u64, Reason)>()
+        }) + self.transitions.allocated() * std::mem::size_of::<StoredTransition>()
             + self
                 .transitions
                 .iter()

@@ -15,7 +15,7 @@ mod wheel;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, time::Duration};
+use std::{hash::BuildHasher, time::Duration};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -26,8 +26,9 @@ pub use wheel::{TimerKey, TimingWheel, DEFAULT_TICK_NS, LEVELS};
 /// interval either way, consecutive probes of a check never swap order.
 pub const MAX_JITTER: f64 = 0.5;
 
-/// One check's timing, kept in its timer (the wheel's slab entry), so the map from
-/// id to timer holds only a key: 24 bytes per check in the map, 64 in the wheel.
+/// One check's timing, kept in its timer (the wheel's slab entry), so the index by
+/// id holds only a key: 8 bytes per slot in the index (the id is read from the
+/// timer), 64 per check in the wheel.
 #[derive(Debug)]
 struct Timer {
     id: CheckId,
@@ -46,9 +47,10 @@ struct Timer {
 #[derive(Debug)]
 pub struct Scheduler {
     wheel: TimingWheel<Timer>,
-    checks: HashMap<CheckId, TimerKey>,
-    /// Timers fired by the current [`Scheduler::due`] (kept for its allocation).
-    fired: Vec<Timer>,
+    /// Each check's timer, hashed by the id its timer holds. A timer keeps its key
+    /// for as long as its check is scheduled (the wheel re-arms it in place).
+    checks: hashbrown::HashTable<TimerKey>,
+    hasher: foldhash::quality::RandomState,
     rng: StdRng,
     missed: u64,
 }
@@ -101,8 +103,8 @@ impl Scheduler {
     fn with_rng(rng: StdRng, tick_ns: u64) -> Self {
         Self {
             wheel: TimingWheel::with_tick(tick_ns),
-            checks: HashMap::new(),
-            fired: Vec::new(),
+            checks: hashbrown::HashTable::new(),
+            hasher: foldhash::quality::RandomState::default(),
             rng,
             missed: 0,
         }
@@ -116,33 +118,41 @@ impl Scheduler {
     pub fn add(&mut self, id: CheckId, interval: Duration, jitter: f64, now: u64) -> bool {
         let interval = nanos(interval);
         let first = now.saturating_add(self.rng.random_range(0..interval));
-        let replaced = match self.checks.remove(&id) {
-            Some(old) => {
-                self.wheel.cancel(old);
-                true
-            }
-            None => false,
-        };
+        let replaced = self.remove(&id);
+        let hash = self.hasher.hash_one(&id);
         let timer = Timer {
-            id: id.clone(),
+            id,
             interval,
             nominal: first,
             jitter: clamp_jitter(jitter),
         };
         let key = self.wheel.insert(first, timer);
-        self.checks.insert(id, key);
+        let (wheel, hasher) = (&self.wheel, &self.hasher);
+        self.checks
+            .insert_unique(hash, key, |k| hasher.hash_one(id_of(wheel, *k)));
         replaced
+    }
+
+    /// The key of `id`'s timer.
+    fn key(&self, id: &CheckId) -> Option<TimerKey> {
+        let wheel = &self.wheel;
+        self.checks
+            .find(self.hasher.hash_one(id), |k| id_of(wheel, *k) == id)
+            .copied()
     }
 
     /// Stop scheduling a check. Returns whether it was scheduled.
     pub fn remove(&mut self, id: &CheckId) -> bool {
-        match self.checks.remove(id) {
-            Some(key) => {
-                self.wheel.cancel(key);
-                true
-            }
-            None => false,
-        }
+        let wheel = &self.wheel;
+        let Ok(entry) = self
+            .checks
+            .find_entry(self.hasher.hash_one(id), |k| id_of(wheel, *k) == id)
+        else {
+            return false;
+        };
+        let (key, _) = entry.remove();
+        self.wheel.cancel(key);
+        true
     }
 
     /// Change a check's interval (e.g. to its fast interval while failing, and back).
@@ -151,23 +161,22 @@ impl Scheduler {
     /// jitter, never later than it was). Returns whether the check is scheduled.
     pub fn set_interval(&mut self, id: &CheckId, interval: Duration, now: u64) -> bool {
         let interval = nanos(interval);
-        let Some(key) = self.checks.get_mut(id) else {
+        let Some(key) = self.key(id) else {
             return false;
         };
-        let Some(deadline) = self.wheel.deadline(*key) else {
+        let Some(deadline) = self.wheel.deadline(key) else {
             return false;
         };
+        let Some(timer) = self.wheel.get_mut(key) else {
+            return false;
+        };
+        timer.interval = interval;
         if interval < deadline.saturating_sub(now) {
-            if let Some(mut timer) = self.wheel.cancel(*key) {
-                let nominal = now.saturating_add(interval);
-                let jittered = jittered(&mut self.rng, nominal, interval, timer.jitter);
-                let deadline = jittered.max(now.saturating_add(1)).min(deadline);
-                timer.interval = interval;
-                timer.nominal = nominal;
-                *key = self.wheel.insert(deadline, timer);
-            }
-        } else if let Some(timer) = self.wheel.get_mut(*key) {
-            timer.interval = interval;
+            let nominal = now.saturating_add(interval);
+            timer.nominal = nominal;
+            let jittered = jittered(&mut self.rng, nominal, interval, timer.jitter);
+            let moved = jittered.max(now.saturating_add(1)).min(deadline);
+            self.wheel.reschedule(key, moved);
         }
         true
     }
@@ -178,26 +187,18 @@ impl Scheduler {
     /// (the caller was late by about an interval or more) are skipped, not made up,
     /// and counted in [`missed`](Self::missed).
     pub fn due(&mut self, now: u64, out: &mut Vec<CheckId>) {
-        let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.advance(now, &mut fired);
-        for mut timer in fired.drain(..) {
+        let (rng, missed) = (&mut self.rng, &mut self.missed);
+        self.wheel.advance_rearm(now, |timer| {
             let mut nominal = timer.nominal.saturating_add(timer.interval);
             if nominal <= now {
                 let skipped = (now - nominal) / timer.interval + 1;
-                self.missed = self.missed.saturating_add(skipped);
+                *missed = missed.saturating_add(skipped);
                 nominal = nominal.saturating_add(skipped.saturating_mul(timer.interval));
             }
-            let deadline = jittered(&mut self.rng, nominal, timer.interval, timer.jitter)
-                .max(now.saturating_add(1));
             timer.nominal = nominal;
             out.push(timer.id.clone());
-            let id = timer.id.clone();
-            let key = self.wheel.insert(deadline, timer);
-            if let Some(k) = self.checks.get_mut(&id) {
-                *k = key;
-            }
-        }
-        self.fired = fired;
+            jittered(rng, nominal, timer.interval, timer.jitter).max(now.saturating_add(1))
+        });
     }
 
     /// A lower bound of the next probe time (see [`TimingWheel::next_deadline`]):
@@ -210,22 +211,21 @@ impl Scheduler {
     /// When a check's pending probe is due.
     #[must_use]
     pub fn deadline(&self, id: &CheckId) -> Option<u64> {
-        self.checks.get(id).and_then(|k| self.wheel.deadline(*k))
+        self.key(id).and_then(|k| self.wheel.deadline(k))
     }
 
     /// A check's current interval.
     #[must_use]
     pub fn interval(&self, id: &CheckId) -> Option<Duration> {
-        self.checks
-            .get(id)
-            .and_then(|k| self.wheel.get(*k))
+        self.key(id)
+            .and_then(|k| self.wheel.get(k))
             .map(|t| Duration::from_nanos(t.interval))
     }
 
     /// Whether a check is scheduled.
     #[must_use]
     pub fn contains(&self, id: &CheckId) -> bool {
-        self.checks.contains_key(id)
+        self.key(id).is_some()
     }
 
     /// Scheduled checks.
@@ -251,6 +251,14 @@ impl Scheduler {
     /// [`BudgetStats::skipped`](super::budget::BudgetStats)).
     pub fn take_missed(&mut self) -> u64 {
         std::mem::take(&mut self.missed)
+    }
+}
+
+/// The id of the armed timer `key` (every key in the index is armed).
+fn id_of(wheel: &TimingWheel<Timer>, key: TimerKey) -> &CheckId {
+    match wheel.get(key) {
+        Some(t) => &t.id,
+        None => unreachable!("scheduler: indexed timer {key:?} is not armed"),
     }
 }
 

@@ -125,6 +125,56 @@ fn matches_a_sorted_model_under_random_operations() {
     }
 }
 
+/// Periodic timers re-armed in place (`advance_rearm`) and moved (`reschedule`) fire
+/// as a sorted model says, never early, and keep their keys throughout.
+#[test]
+fn rearmed_timers_keep_their_keys_and_match_a_model() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut w: TimingWheel<(u64, u64)> = TimingWheel::with_tick(1000);
+    // serial -> (key, period, next deadline)
+    let mut model: BTreeMap<u64, (super::TimerKey, u64, u64)> = BTreeMap::new();
+    for serial in 0..500u64 {
+        let period = rng.random_range(1..5_000_000);
+        let first = rng.random_range(0..period);
+        let key = w.insert(first, (serial, period));
+        model.insert(serial, (key, period, first));
+    }
+    let mut now = 0u64;
+    for _ in 0..5_000 {
+        if rng.random_range(0..10) == 0 {
+            let serial = rng.random_range(0..500);
+            let (key, _, deadline) = model.get_mut(&serial).expect("model");
+            *deadline = now + rng.random_range(1..10_000_000);
+            assert!(w.reschedule(*key, *deadline));
+            assert_eq!(w.deadline(*key), Some(*deadline));
+        }
+        now += rng.random_range(0..2_000_000);
+        let mut want: Vec<u64> = model
+            .iter()
+            .filter(|(_, &(_, _, d))| d <= now)
+            .map(|(&s, _)| s)
+            .collect();
+        let mut got = Vec::new();
+        w.advance_rearm(now, |&mut (serial, period)| {
+            got.push(serial);
+            let next = now + period;
+            model.get_mut(&serial).expect("model").2 = next;
+            next
+        });
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "at now={now}");
+        assert_eq!(w.len(), 500);
+        for (&serial, &(key, period, deadline)) in &model {
+            assert_eq!(w.get(key), Some(&(serial, period)), "key kept");
+            assert_eq!(w.deadline(key), Some(deadline));
+        }
+    }
+    let (key, _, _) = model[&0];
+    assert_eq!(w.cancel(key), Some((0, model[&0].1)));
+    assert!(!w.reschedule(key, now + 1), "stale key");
+}
+
 /// 24 bytes per timer beyond the item (the brief's ceiling is 48), checked at
 /// compile time.
 #[test]

@@ -67,6 +67,9 @@ pub struct TimingWheel<T> {
     /// `next_deadline` is exact within a tick and repeated `advance` calls inside one
     /// tick skip slots with nothing due.
     l0_min: [u64; SLOTS],
+    /// Entries fired by the current advance, unlinked and not yet released or
+    /// re-armed (kept for its allocation).
+    fired: Vec<u32>,
 }
 
 impl<T> Default for TimingWheel<T> {
@@ -109,6 +112,7 @@ impl<T> TimingWheel<T> {
             heads: vec![NIL; LEVELS * SLOTS],
             occupied: [0; LEVELS],
             l0_min: [u64::MAX; SLOTS],
+            fired: Vec::new(),
         }
     }
 
@@ -230,6 +234,33 @@ impl<T> TimingWheel<T> {
     /// early; a timer fires on the first call whose `now_ns` reaches its deadline. A
     /// `now_ns` earlier than a previous one fires nothing.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<T>) {
+        let mut fired = self.expire(now_ns);
+        out.extend(fired.drain(..).map(|i| self.release(i)));
+        self.fired = fired;
+    }
+
+    /// Like [`advance`](Self::advance), but each fired timer stays armed under its
+    /// key: `rearm` gets its item (in the same order) to update in place and returns
+    /// its next deadline. A periodic timer costs no free and insert per period, and
+    /// its key never changes, so a caller may keep it.
+    pub fn advance_rearm(&mut self, now_ns: u64, mut rearm: impl FnMut(&mut T) -> u64) {
+        let mut fired = self.expire(now_ns);
+        for &i in &fired {
+            let e = &mut self.entries[i as usize];
+            let Some(value) = e.value.as_mut() else {
+                unreachable!("timing wheel: armed entry without an item");
+            };
+            e.deadline = rearm(value);
+            self.place(i);
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    /// Unlink every timer due by `now_ns`, returning their entries (still allocated),
+    /// in firing order.
+    fn expire(&mut self, now_ns: u64) -> Vec<u32> {
+        let mut fired = std::mem::take(&mut self.fired);
         let target = now_ns / self.tick_ns;
         while let Some((level, slot, start)) = self.next_expiration() {
             if start > target {
@@ -239,13 +270,26 @@ impl<T> TimingWheel<T> {
             if level > 0 {
                 self.cascade(level, slot);
             } else if start < target {
-                self.fire_all(slot, out);
+                self.fire_all(slot, &mut fired);
             } else {
-                self.fire_due(slot, now_ns, out);
+                self.fire_due(slot, now_ns, &mut fired);
                 break;
             }
         }
         self.elapsed = self.elapsed.max(target);
+        fired
+    }
+
+    /// Move an armed timer to `deadline_ns`, keeping its key; `false` if the key is
+    /// stale. O(1).
+    pub fn reschedule(&mut self, key: TimerKey, deadline_ns: u64) -> bool {
+        if self.live(key).is_none() {
+            return false;
+        }
+        self.unlink(key.index);
+        self.entries[key.index as usize].deadline = deadline_ns;
+        self.place(key.index);
+        true
     }
 
     /// Disarm every timer, dropping the items (keys become stale; the slab is kept).
@@ -367,18 +411,17 @@ impl<T> TimingWheel<T> {
         }
     }
 
-    fn fire_all(&mut self, slot: usize, out: &mut Vec<T>) {
+    fn fire_all(&mut self, slot: usize, fired: &mut Vec<u32>) {
         let mut i = self.take_slot(0, slot);
         while i != NIL {
-            let next = self.entries[i as usize].next;
-            out.push(self.release(i));
-            i = next;
+            fired.push(i);
+            i = self.entries[i as usize].next;
         }
     }
 
     /// Fire the timers of the current tick's slot that are due by `now_ns`, keeping
     /// the rest (due later within this tick).
-    fn fire_due(&mut self, slot: usize, now_ns: u64, out: &mut Vec<T>) {
+    fn fire_due(&mut self, slot: usize, now_ns: u64, fired: &mut Vec<u32>) {
         if self.l0_min[slot] > now_ns {
             return;
         }
@@ -391,7 +434,7 @@ impl<T> TimingWheel<T> {
             };
             if deadline <= now_ns {
                 self.unlink(i);
-                out.push(self.release(i));
+                fired.push(i);
             } else {
                 min = min.min(deadline);
             }
