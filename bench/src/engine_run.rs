@@ -68,7 +68,7 @@ fn jobs(args: &Args, work: Work, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Resul
                 jitter: 0.0,
                 thresholds: Thresholds::Consecutive { rise: 1, fall: 1 },
                 initial: InitialState::Unknown,
-                labels: BTreeMap::new(),
+                labels: Default::default(),
             });
             Job::new(spec, 0).map_err(|e| anyhow::anyhow!("check {id}: {e}"))
         })

@@ -102,7 +102,7 @@ fn spec(args: &ProbeArgs) -> Arc<CheckSpec> {
         jitter: 0.0,
         thresholds: Thresholds::Consecutive { rise: 1, fall: 1 },
         initial: InitialState::Unknown,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
     })
 }
 

@@ -1,8 +1,10 @@
 //! Building check specs for tests.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use sonde::engine::spec::{CheckId, CheckSpec, InitialState, ProbeSpec, Target, Thresholds};
+use sonde::engine::spec::{
+    CheckId, CheckSpec, InitialState, Labels, ProbeSpec, Target, Thresholds,
+};
 
 /// A check of `probe` against `addr:port` with the given timeout (interval 10x).
 #[must_use]
@@ -28,7 +30,7 @@ pub fn check(
         jitter: 0.0,
         thresholds: Thresholds::Consecutive { rise: 2, fall: 2 },
         initial: InitialState::Unknown,
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
     })
 }
 

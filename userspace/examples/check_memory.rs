@@ -185,8 +185,11 @@ fn main() {
     ));
 
     println!(
-        "sizes: CheckSpec {} CheckHealth {} Reason {}",
+        "sizes: CheckSpec {} (Target {}, ProbeSpec {}, Thresholds {}) CheckHealth {} Reason {}",
         std::mem::size_of::<sonde::engine::spec::CheckSpec>(),
+        std::mem::size_of::<sonde::engine::spec::Target>(),
+        std::mem::size_of::<sonde::engine::spec::ProbeSpec>(),
+        std::mem::size_of::<sonde::engine::spec::Thresholds>(),
         std::mem::size_of::<sonde::health::CheckHealth>(),
         std::mem::size_of::<Reason>(),
     );

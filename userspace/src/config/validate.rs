@@ -97,7 +97,7 @@ pub(crate) fn build(ctx: &mut Ctx, c: &Fields, d: &Fields) -> Option<CheckSpec> 
         jitter,
         thresholds: thresholds?,
         initial,
-        labels,
+        labels: labels.into(),
     })
 }
 

@@ -102,7 +102,7 @@ impl CheckHealth {
             consecutive_ok: self.consecutive_ok(),
             consecutive_fail: self.consecutive_fail(),
             latency: self.latency(),
-            labels: spec.labels.clone(),
+            labels: (*spec.labels).clone(),
             kind: spec.probe.kind(),
             target: spec.target.clone(),
         }

@@ -1,19 +1,22 @@
-//! A bounded ring buffer: the newest `capacity` items, oldest dropped first. Owns the
+//! Bounded ring buffers: the newest `capacity` items, oldest dropped first. Own the
 //! memory bound of per-check history (results and transitions).
 //!
-//! 32 bytes inline (a `VecDeque` and a capacity take 40): a million checks hold two
-//! each. Items are appended in order until the ring is full; from then on the oldest
-//! is overwritten in place and `head` marks where the oldest now is.
+//! [`Ring`] is 24 bytes inline (a `VecDeque` and a capacity take 40) and holds exactly
+//! its items on the heap: a million checks hold one each, most with one transition.
+//! Items are appended in order until the ring is full; from then on the oldest is
+//! overwritten in place and `head` marks where the oldest now is. [`InlineRing`]
+//! keeps up to `N` items inside itself, for histories every check fills.
 
 use serde::{Serialize, Serializer};
 
 /// The newest `capacity` items pushed, oldest first. Memory grows with the items (a
 /// check that never changes state holds no transition) and never past `capacity`
-/// slots.
+/// slots: the heap holds exactly the items, so a push reallocates until the ring is
+/// full (rings here fill rarely and stay small).
 #[derive(Clone, Debug)]
 pub struct Ring<T> {
     /// Oldest at `head` once full (`len == capacity`); in push order before.
-    items: Vec<T>,
+    items: Box<[T]>,
     head: u32,
     capacity: u32,
 }
@@ -24,7 +27,7 @@ impl<T> Ring<T> {
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            items: Vec::new(),
+            items: Box::default(),
             head: 0,
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         }
@@ -42,19 +45,10 @@ impl<T> Ring<T> {
             self.head = u32::try_from((head + 1) % capacity).unwrap_or(0);
             return;
         }
-        if self.items.len() == self.items.capacity() {
-            // Grow by doubling, but never past `capacity` slots.
-            let want = (self.items.len() * 2).max(1).min(capacity);
-            self.items.reserve_exact(want - self.items.len());
-        }
-        self.items.push(item);
-    }
-
-    /// Allocate all `capacity` slots now (a ring that will fill: growing it by
-    /// doubling leaves each smaller buffer behind as a free fragment).
-    pub fn reserve_full(&mut self) {
-        let capacity = self.capacity();
-        self.items.reserve_exact(capacity - self.items.len());
+        let mut items = std::mem::take(&mut self.items).into_vec();
+        items.reserve_exact(1);
+        items.push(item);
+        self.items = items.into_boxed_slice();
     }
 
     /// Items held (at most [`Ring::capacity`]).
@@ -75,11 +69,11 @@ impl<T> Ring<T> {
         self.capacity as usize
     }
 
-    /// Slots actually allocated (never more than `capacity`; exposed so tests can
-    /// check the memory bound).
+    /// Slots actually allocated: the items held (exposed so tests can check the
+    /// memory bound).
     #[must_use]
     pub fn allocated(&self) -> usize {
-        self.items.capacity()
+        self.items.len()
     }
 
     /// The newest item.
@@ -97,9 +91,9 @@ impl<T> Ring<T> {
         older.iter().chain(newer.iter())
     }
 
-    /// Drop every item (the allocation is kept).
+    /// Drop every item and free their memory.
     pub fn clear(&mut self) {
-        self.items.clear();
+        self.items = Box::default();
         self.head = 0;
     }
 }
@@ -221,7 +215,7 @@ mod tests {
         let mut none = Ring::new(0);
         none.push(1);
         assert!(none.is_empty());
-        assert_eq!(std::mem::size_of::<Ring<u64>>(), 32);
+        assert_eq!(std::mem::size_of::<Ring<u64>>(), 24);
     }
 
     #[test]

@@ -220,8 +220,10 @@ pub struct CheckHealth {
     results_seen: u64,
     /// Outcomes, newest in bit 0 (1 = success).
     window_bits: u64,
-    consecutive_ok: u32,
-    consecutive_fail: u32,
+    /// The run the latest results make: successes in a row (> 0) or failures in a
+    /// row (< 0), saturating at 2^31 - 1 either way (one field, as one of the two
+    /// counts is always 0).
+    streak: i32,
     /// Outcomes in `window_bits` (<= 64).
     window_seen: u8,
     state: Health,
@@ -493,8 +495,7 @@ impl CheckHealth {
             since: Mono::of(now),
             results_seen: 0,
             window_bits: 0,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
+            streak: 0,
             window_seen: 0,
             last: None,
             failures: None,
@@ -517,8 +518,7 @@ impl CheckHealth {
         let ok = result.reason.is_ok();
         self.outcomes.add(result.reason.label_index());
         if ok {
-            self.consecutive_ok = self.consecutive_ok.saturating_add(1);
-            self.consecutive_fail = 0;
+            self.streak = self.streak.max(0).saturating_add(1);
             if matches!(self.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp) {
                 // A stateless probe's latency is its RTT; its `total` (the same exchange
                 // timed in userspace) stays in each result, not in a second histogram
@@ -530,8 +530,7 @@ impl CheckHealth {
                 self.latency.record_result(result);
             }
         } else {
-            self.consecutive_fail = self.consecutive_fail.saturating_add(1);
-            self.consecutive_ok = 0;
+            self.streak = self.streak.min(0).saturating_sub(1);
         }
         self.window_bits = (self.window_bits << 1) | u64::from(ok);
         self.window_seen = self.window_seen.saturating_add(1).min(64);
@@ -662,9 +661,9 @@ impl CheckHealth {
     fn verdict(&self, ok: bool) -> Option<Health> {
         match self.spec.thresholds {
             Thresholds::Consecutive { rise, fall } => {
-                if ok && self.consecutive_ok >= rise.max(1) {
+                if ok && self.consecutive_ok() >= rise.max(1) {
                     Some(Health::Healthy)
-                } else if !ok && self.consecutive_fail >= fall.max(1) {
+                } else if !ok && self.consecutive_fail() >= fall.max(1) {
                     Some(Health::Unhealthy)
                 } else {
                     None
@@ -808,13 +807,13 @@ impl CheckHealth {
     /// Successes in a row ending with the latest result.
     #[must_use]
     pub fn consecutive_ok(&self) -> u32 {
-        self.consecutive_ok
+        self.streak.max(0).unsigned_abs()
     }
 
     /// Failures in a row ending with the latest result.
     #[must_use]
     pub fn consecutive_fail(&self) -> u32 {
-        self.consecutive_fail
+        self.streak.min(0).unsigned_abs()
     }
 
     /// Results observed since creation.

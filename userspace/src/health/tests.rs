@@ -38,7 +38,7 @@ fn spec(id: &str, thresholds: Thresholds, initial: InitialState) -> CheckSpec {
         jitter: 0.0,
         thresholds,
         initial,
-        labels: BTreeMap::from([("pool".to_string(), "web".to_string())]),
+        labels: BTreeMap::from([("pool".to_string(), "web".to_string())]).into(),
     }
 }
 

@@ -82,7 +82,7 @@ fn spec(id: &str, host: &str, addr: IpAddr, port: u16, probe: ProbeSpec) -> Chec
         jitter: 0.1,
         thresholds: Thresholds::Consecutive { rise: 2, fall: 3 },
         initial: InitialState::Unknown,
-        labels: BTreeMap::from([("site".to_owned(), "lab".to_owned())]),
+        labels: BTreeMap::from([("site".to_owned(), "lab".to_owned())]).into(),
     }
 }
 

@@ -27,8 +27,8 @@ pub use wheel::{TimerKey, TimingWheel, DEFAULT_TICK_NS, LEVELS};
 pub const MAX_JITTER: f64 = 0.5;
 
 /// One check's timing, kept in its timer (the wheel's slab entry), so the index by
-/// id holds only a key: 8 bytes per slot in the index (the id is read from the
-/// timer), 64 per check in the wheel.
+/// id holds only the timer's slab index: 4 bytes per slot in the index (the id is
+/// read from the timer), 64 per check in the wheel.
 #[derive(Debug)]
 struct Timer {
     id: CheckId,
@@ -47,9 +47,10 @@ struct Timer {
 #[derive(Debug)]
 pub struct Scheduler {
     wheel: TimingWheel<Timer>,
-    /// Each check's timer, hashed by the id its timer holds. A timer keeps its key
-    /// for as long as its check is scheduled (the wheel re-arms it in place).
-    checks: hashbrown::HashTable<TimerKey>,
+    /// Each check's timer (its slab index), hashed by the id the timer holds. A timer
+    /// keeps its key for as long as its check is scheduled (the wheel re-arms it in
+    /// place).
+    checks: hashbrown::HashTable<u32>,
     hasher: foldhash::quality::RandomState,
     rng: StdRng,
     missed: u64,
@@ -129,7 +130,7 @@ impl Scheduler {
         let key = self.wheel.insert(first, timer);
         let (wheel, hasher) = (&self.wheel, &self.hasher);
         self.checks
-            .insert_unique(hash, key, |k| hasher.hash_one(id_of(wheel, *k)));
+            .insert_unique(hash, key.index(), |&i| hasher.hash_one(id_of(wheel, i)));
         replaced
     }
 
@@ -137,8 +138,8 @@ impl Scheduler {
     fn key(&self, id: &CheckId) -> Option<TimerKey> {
         let wheel = &self.wheel;
         self.checks
-            .find(self.hasher.hash_one(id), |k| id_of(wheel, *k) == id)
-            .copied()
+            .find(self.hasher.hash_one(id), |&i| id_of(wheel, i) == id)
+            .and_then(|&i| wheel.key_at(i))
     }
 
     /// Stop scheduling a check. Returns whether it was scheduled.
@@ -146,12 +147,14 @@ impl Scheduler {
         let wheel = &self.wheel;
         let Ok(entry) = self
             .checks
-            .find_entry(self.hasher.hash_one(id), |k| id_of(wheel, *k) == id)
+            .find_entry(self.hasher.hash_one(id), |&i| id_of(wheel, i) == id)
         else {
             return false;
         };
-        let (key, _) = entry.remove();
-        self.wheel.cancel(key);
+        let (index, _) = entry.remove();
+        if let Some(key) = self.wheel.key_at(index) {
+            self.wheel.cancel(key);
+        }
         true
     }
 
@@ -254,11 +257,11 @@ impl Scheduler {
     }
 }
 
-/// The id of the armed timer `key` (every key in the index is armed).
-fn id_of(wheel: &TimingWheel<Timer>, key: TimerKey) -> &CheckId {
-    match wheel.get(key) {
+/// The id of the armed timer in slab entry `index` (every indexed timer is armed).
+fn id_of(wheel: &TimingWheel<Timer>, index: u32) -> &CheckId {
+    match wheel.key_at(index).and_then(|k| wheel.get(k)) {
         Some(t) => &t.id,
-        None => unreachable!("scheduler: indexed timer {key:?} is not armed"),
+        None => unreachable!("scheduler: indexed timer {index} is not armed"),
     }
 }
 

@@ -39,6 +39,14 @@ pub struct TimerKey {
     generation: u32,
 }
 
+impl TimerKey {
+    /// The slab entry this key names (see [`TimingWheel::key_at`]).
+    #[must_use]
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
 struct Entry<T> {
     /// Exact deadline in ns; the item never fires before it.
     deadline: u64,
@@ -205,6 +213,19 @@ impl<T> TimingWheel<T> {
             .get_mut(key.index as usize)
             .filter(|e| e.generation == key.generation && e.slot != FREE)
             .and_then(|e| e.value.as_mut())
+    }
+
+    /// The key of the armed timer in slab entry `index` (a caller that keeps armed
+    /// timers' indices, 4 bytes, instead of their keys, 8).
+    #[must_use]
+    pub fn key_at(&self, index: u32) -> Option<TimerKey> {
+        self.entries
+            .get(index as usize)
+            .filter(|e| e.slot != FREE)
+            .map(|e| TimerKey {
+                index,
+                generation: e.generation,
+            })
     }
 
     fn live(&self, key: TimerKey) -> Option<&Entry<T>> {
