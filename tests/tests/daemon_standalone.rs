@@ -202,6 +202,39 @@ fn standalone_daemon_end_to_end() {
         Duration::from_secs(3),
     );
 
+    // More checks than `metrics_check_limit`: /metrics counts them by state and lists
+    // none (what keeps a million-check node's scrape small); a reload applies it.
+    std::fs::write(
+        &config,
+        format!("[daemon]\nmetrics_check_limit = 3\n{reloaded}"),
+    )
+    .expect("write config");
+    let (code, out) = cli(&d, &["reload"]);
+    assert_eq!(code, 0, "reload with a metrics limit\n{out}");
+    let text = d.client().metrics().expect("metrics");
+    let scrape = prom_text_format_parser::Scrape::parse(&text)
+        .unwrap_or_else(|e| panic!("metrics do not parse: {e:?}\n{text}"));
+    let gauge = |name: &str, label: Option<&str>| -> f64 {
+        let m = scrape
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name}\n{text}"));
+        let s = m
+            .samples
+            .iter()
+            .find(|s| label.is_none_or(|l| s.labels.to_string().contains(l)))
+            .unwrap_or_else(|| panic!("no {name} {label:?}\n{text}"));
+        s.value.value.as_f64()
+    };
+    assert_eq!(gauge("sonde_checks", None), 4.0);
+    assert_eq!(gauge("sonde_metrics_checks_omitted", None), 4.0);
+    assert_eq!(
+        gauge("sonde_checks_by_state", Some("state=\"healthy\"")),
+        4.0
+    );
+    assert!(!text.contains("check=\""), "no per-check series:\n{text}");
+
     // kill -9 and restart: state and history are resumed from the journal.
     let history_before = d.client().get("/v1/checks/web/history").expect("history");
     // SAFETY: kill(2) on the pid of the daemon this test started.

@@ -347,6 +347,7 @@ fn representative_metrics() -> String {
             error: None,
         }),
         refused_checks: 2,
+        omitted: None,
     });
     // The node runtime's own families, appended by the daemon in cluster mode.
     text.push_str(&sonde::cluster::node::render_metrics(

@@ -176,6 +176,7 @@ impl Control for MemoryControl {
             kernel: None,
             cluster: None,
             refused_checks: 0,
+            omitted: None,
         })
     }
 

@@ -30,7 +30,13 @@
 //! - `sonde_check_latency_max_seconds{check,phase}`: the largest value seen.
 //! - `sonde_probes_total{check,outcome}`: results by outcome (`ok`, `timeout`, ...).
 //!
+//! Per-check families are rendered while the node runs at most `[daemon]
+//! metrics_check_limit` checks (10,000 by default; about 20 series each). Beyond it
+//! they are left out, and `sonde_metrics_checks_omitted` says how many checks that is
+//! (0 otherwise); the counts below still cover every check.
+//!
 //! Daemon-wide: `sonde_info{version,clock}`, `sonde_uptime_seconds`, `sonde_checks`,
+//! `sonde_checks_by_state{state}`, `sonde_metrics_checks_omitted`,
 //! `sonde_engine_*_total`, `sonde_budget_admitted_total`,
 //! `sonde_budget_delayed_total{reason}`, `sonde_budget_skipped_total`,
 //! `sonde_kernel_attached`; in cluster mode (labels `node`): `sonde_cluster_is_leader`,
@@ -75,6 +81,45 @@ pub struct MetricsInput {
     pub cluster: Option<ClusterView>,
     /// Assigned checks this node refused to run (target policy, unpreparable).
     pub refused_checks: u64,
+    /// States of the checks whose per-check series are left out (beyond `[daemon]
+    /// metrics_check_limit`; `statuses` and `outcomes` are empty then).
+    pub omitted: Option<StateCounts>,
+}
+
+/// Checks by health state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Healthy checks.
+    pub healthy: u64,
+    /// Unhealthy checks.
+    pub unhealthy: u64,
+    /// Checks without a verdict yet.
+    pub unknown: u64,
+}
+
+impl StateCounts {
+    /// Count one check in `state`.
+    pub fn add(&mut self, state: Health) {
+        match state {
+            Health::Healthy => self.healthy += 1,
+            Health::Unhealthy => self.unhealthy += 1,
+            Health::Unknown => self.unknown += 1,
+        }
+    }
+
+    /// Checks counted.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.healthy + self.unhealthy + self.unknown
+    }
+
+    fn of(&self, state: Health) -> u64 {
+        match state {
+            Health::Healthy => self.healthy,
+            Health::Unhealthy => self.unhealthy,
+            Health::Unknown => self.unknown,
+        }
+    }
 }
 
 /// Escape a label value: backslash, double quote and line feed.
@@ -316,11 +361,29 @@ fn daemon_families(w: &mut Writer, input: &MetricsInput) {
         help,
         input.info.uptime_secs,
     );
+    let mut states = input.omitted.unwrap_or_default();
+    for st in &input.statuses {
+        states.add(st.state);
+    }
     w.single(
         "sonde_checks",
         "gauge",
         "Checks configured.",
-        input.statuses.len(),
+        states.total(),
+    );
+    w.family("sonde_checks_by_state", "gauge", "Checks by health state.");
+    for h in [Health::Healthy, Health::Unhealthy, Health::Unknown] {
+        w.sample(
+            "sonde_checks_by_state",
+            &[("state", state_name(h))],
+            states.of(h),
+        );
+    }
+    w.single(
+        "sonde_metrics_checks_omitted",
+        "gauge",
+        "Checks whose per-check series are left out ([daemon] metrics_check_limit).",
+        input.omitted.map_or(0, |o| o.total()),
     );
     let e = &input.engine;
     for (name, help, v) in [

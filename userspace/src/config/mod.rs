@@ -12,6 +12,7 @@
 //! userspace = false         # time answers in userspace, without eBPF (default false)
 //! allow_targets = ["198.18.0.0/15"]  # checks may only probe these networks (default any)
 //! deny_targets = ["198.18.9.0/24"]   # and never these (wins over allow_targets)
+//! metrics_check_limit = 10000  # per-check /metrics series up to this many checks (this default)
 //!
 //! [defaults]                # optional: any check field but id and target
 //! interval = "5s"
@@ -143,7 +144,15 @@ pub struct DaemonSettings {
     pub userspace: bool,
     /// Networks checks may and may not probe.
     pub policy: policy::TargetPolicy,
+    /// `/metrics` renders per-check series while the node runs at most this many
+    /// checks, and only counts of checks beyond (0: never per check). About 20 series
+    /// per check: a million checks would be 20 million series and gigabytes of text
+    /// per scrape.
+    pub metrics_check_limit: usize,
 }
+
+/// Default of [`DaemonSettings::metrics_check_limit`]: about 200,000 series.
+pub const METRICS_CHECK_LIMIT: usize = 10_000;
 
 impl Default for DaemonSettings {
     fn default() -> Self {
@@ -152,6 +161,7 @@ impl Default for DaemonSettings {
             ports: PortRange::DEFAULT,
             userspace: false,
             policy: policy::TargetPolicy::default(),
+            metrics_check_limit: METRICS_CHECK_LIMIT,
         }
     }
 }
@@ -347,6 +357,18 @@ fn daemon(ctx: &mut Ctx, t: &mut Table<'_>) -> DaemonSettings {
     }
     d.policy.allow = networks(ctx, t, "allow_targets");
     d.policy.deny = networks(ctx, t, "deny_targets");
+    if let Some(n) = t.int(ctx, "metrics_check_limit") {
+        match usize::try_from(n.v) {
+            Ok(limit) => d.metrics_check_limit = limit,
+            Err(_) => ctx.report(
+                &n.at,
+                format!(
+                    "invalid metrics_check_limit {}; expected 0 or more checks",
+                    n.v
+                ),
+            ),
+        }
+    }
     d
 }
 

@@ -156,6 +156,10 @@ impl Control for Shared {
         }
         *self.defaults.write() = cfg.defaults;
         *self.policy.write() = cfg.daemon.policy.clone();
+        self.metrics_check_limit.store(
+            cfg.daemon.metrics_check_limit,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         info!(
             added = report.added.len(),
             changed = report.changed.len(),

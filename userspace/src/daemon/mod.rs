@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// `[daemon] allow_targets` / `deny_targets`, for checks added through the API or
     /// assigned from etcd (the file's own checks are checked when it is read).
     policy: RwLock<crate::config::policy::TargetPolicy>,
+    /// `[daemon] metrics_check_limit`: per-check `/metrics` series up to this many
+    /// checks (reloads update it).
+    metrics_check_limit: std::sync::atomic::AtomicUsize,
     /// Running checks: the health of each, with its prepared parts and probe count
     /// (one table, so a check costs one map entry here; see bench/scale.sh).
     health: Mutex<HealthTable<EngineParts>>,

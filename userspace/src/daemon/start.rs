@@ -1,7 +1,7 @@
 //! Starting, running and stopping the daemon.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::Instant,
@@ -17,7 +17,12 @@ use super::{
     persist, runner, Shared,
 };
 use crate::{
-    api::{metrics::MetricsInput, server::ApiOptions, server::Server, Control},
+    api::{
+        metrics::{MetricsInput, StateCounts},
+        server::ApiOptions,
+        server::Server,
+        Control,
+    },
     config,
     ebpf::{self, KernelProbes},
     engine::{
@@ -263,6 +268,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         },
         defaults: RwLock::new(defaults),
         policy: RwLock::new(daemon.policy.clone()),
+        metrics_check_limit: std::sync::atomic::AtomicUsize::new(daemon.metrics_check_limit),
         health: Mutex::new(health),
         sched: Mutex::new(sched),
         budgets: Mutex::new(budgets),
@@ -503,14 +509,25 @@ async fn refresh_cluster_view(
 }
 
 pub(super) fn render_metrics(s: &Shared) -> String {
-    let (statuses, outcomes): (Vec<_>, _) = s
-        .each_check(|h| {
-            let status = h.status();
-            let outcomes = (status.id.clone(), h.outcomes().collect());
-            (status, outcomes)
-        })
-        .into_iter()
-        .unzip();
+    let limit = s.metrics_check_limit.load(Ordering::Relaxed);
+    let (statuses, outcomes, omitted) = if s.health.lock().len() <= limit {
+        let (statuses, outcomes): (Vec<_>, _) = s
+            .each_check(|h| {
+                let status = h.status();
+                let outcomes = (status.id.clone(), h.outcomes().collect());
+                (status, outcomes)
+            })
+            .into_iter()
+            .unzip();
+        (statuses, outcomes, None)
+    } else {
+        // Counts only: a status per check would be gigabytes of text at a million.
+        let mut counts = StateCounts::default();
+        for state in s.each_check(crate::health::CheckHealth::state) {
+            counts.add(state);
+        }
+        (Vec::new(), BTreeMap::new(), Some(counts))
+    };
     let input = MetricsInput {
         info: s.info(),
         statuses,
@@ -520,6 +537,7 @@ pub(super) fn render_metrics(s: &Shared) -> String {
         kernel: s.kernel.as_ref().and_then(|k| k.lock().counters().ok()),
         cluster: s.cluster_view.read().clone(),
         refused_checks: s.refused.load(Ordering::Relaxed),
+        omitted,
     };
     let mut text = crate::api::metrics::render(&input);
     if let Some((node, stats)) = s.cluster.get() {

@@ -100,6 +100,7 @@ fn input() -> MetricsInput {
         kernel: Some(kernel),
         cluster: None,
         refused_checks: 0,
+        omitted: None,
     }
 }
 
@@ -347,4 +348,55 @@ fn hostile_label_values_stay_on_one_line() {
         );
     }
     assert!(!text.contains("label_team_name=\"dup\""));
+}
+
+/// Beyond `[daemon] metrics_check_limit` the daemon passes counts instead of statuses:
+/// no per-check family, the state counts cover every check, and the omission is said.
+#[test]
+fn checks_beyond_the_limit_are_counted_not_listed() {
+    use crate::api::metrics::StateCounts;
+    let listed = render(&input());
+    let scrape = Scrape::parse(&listed).unwrap_or_else(|e| panic!("{e:?}\n{listed}"));
+    let g = Type::Gauge;
+    let n = input().statuses.len() as f64;
+    assert_eq!(value(&scrape, "sonde_checks", g, &[]), n);
+    assert_eq!(value(&scrape, "sonde_metrics_checks_omitted", g, &[]), 0.0);
+    let by_state: f64 = samples(&scrape, "sonde_checks_by_state", g, ValueType::Sample)
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(by_state, n);
+
+    let omitted = StateCounts {
+        healthy: 999_000,
+        unhealthy: 700,
+        unknown: 300,
+    };
+    let text = render(&MetricsInput {
+        statuses: Vec::new(),
+        outcomes: BTreeMap::new(),
+        omitted: Some(omitted),
+        ..input()
+    });
+    let scrape = Scrape::parse(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert_eq!(value(&scrape, "sonde_checks", g, &[]), 1_000_000.0);
+    assert_eq!(
+        value(&scrape, "sonde_metrics_checks_omitted", g, &[]),
+        1_000_000.0
+    );
+    for (state, want) in [
+        ("healthy", 999_000.0),
+        ("unhealthy", 700.0),
+        ("unknown", 300.0),
+    ] {
+        let got = value(&scrape, "sonde_checks_by_state", g, &[("state", state)]);
+        assert_eq!(got, want, "{state}");
+    }
+    assert!(
+        scrape.metrics.iter().all(|m| m
+            .samples
+            .iter()
+            .all(|s| s.labels.iter().all(|l| l.key != "check"))),
+        "no per-check series:\n{text}"
+    );
 }

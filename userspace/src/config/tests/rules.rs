@@ -496,11 +496,29 @@ fn daemon_settings() {
         "daemon.iface",
         "invalid interface name",
     );
+    assert_problem(
+        "[daemon]\nmetrics_check_limit = -1\n",
+        2,
+        "daemon.metrics_check_limit",
+        "invalid metrics_check_limit -1; expected 0 or more checks",
+    );
+    assert_problem(
+        "[daemon]\nmetrics_check_limit = \"many\"\n",
+        2,
+        "daemon.metrics_check_limit",
+        "an integer",
+    );
     let c = parse_ok("[daemon]\nports = \"40000-40999\"\nuserspace = true\n");
     assert_eq!(
         (c.daemon.ports.lo, c.daemon.ports.hi, c.daemon.userspace),
         (40000, 40999, true)
     );
+    assert_eq!(
+        c.daemon.metrics_check_limit,
+        crate::config::METRICS_CHECK_LIMIT
+    );
+    let c = parse_ok("[daemon]\nmetrics_check_limit = 0\n");
+    assert_eq!(c.daemon.metrics_check_limit, 0);
 }
 
 #[test]
