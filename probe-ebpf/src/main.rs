@@ -93,9 +93,12 @@ pub fn sonde_xdp(ctx: XdpContext) -> u32 {
     let reason = xdp_classify(&ctx);
     bump(&XDP_COUNTERS, reason as u32);
     match reason {
+        // A SYN-ACK to our probe goes on to the prober's own TCP stack, which holds no
+        // socket on the probe's port and so resets it, as it does for zmap: the
+        // target keeps no half-open connection, and userspace sends no RST.
+        XdpReason::AnswerOpen => xdp_action::XDP_PASS,
         XdpReason::BadCookie
         | XdpReason::RingFull
-        | XdpReason::AnswerOpen
         | XdpReason::AnswerClosed
         | XdpReason::AnswerEcho
         | XdpReason::AnswerUnreachable

@@ -119,7 +119,6 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
             stats.unmatched, 0,
             "round {i}: no late or duplicate answers"
         );
-        assert_eq!(stats.resets, 1, "round {i}: one RST for the one SYN-ACK");
         // 198.18.0.3 never resolves (no ARP answer), so its probes never reach TC egress.
         assert_eq!(
             counters.tc(TcReason::StampedSyn),
@@ -129,8 +128,9 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
         assert_eq!(counters.tc(TcReason::StampedEcho), 1, "round {i}");
         assert_eq!(counters.tc(TcReason::StampFailed), 0, "round {i}");
     }
-    // Each round's SYN to port 80 came from a different source port, and the RST after
-    // each SYN-ACK left the target with no half-open connection.
+    // Each round's SYN to port 80 came from a different source port, and the prober's
+    // kernel reset each SYN-ACK (XDP passed it on): the target keeps no half-open
+    // connection.
     let ports: std::collections::HashSet<u16> =
         rounds.iter().map(|(r, _, _)| r[0].local_port).collect();
     assert_eq!(ports.len(), 3, "source ports rotate: {ports:?}");

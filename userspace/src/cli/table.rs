@@ -67,8 +67,8 @@ pub(super) fn print_results(results: &[ProbeResult]) {
 
 pub(super) fn print_summary(stats: &RoundStats, c: &Counters) {
     println!(
-        "probes sent {}, answers matched {}, late/duplicate {}, RSTs sent {}",
-        stats.sent, stats.matched, stats.unmatched, stats.resets
+        "probes sent {}, answers matched {}, late/duplicate {}",
+        stats.sent, stats.matched, stats.unmatched
     );
     let nonzero = |names: Vec<(&str, u64)>| {
         names

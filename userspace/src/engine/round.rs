@@ -18,7 +18,7 @@ use probe_common::{
     craft::L4,
     parse::tcp_flags,
     proto,
-    record::{flags, AnswerClass, AnswerRecord, StampKey},
+    record::{flags, AnswerClass, StampKey},
 };
 use serde::Serialize;
 
@@ -117,8 +117,6 @@ pub struct RoundStats {
     pub matched: u64,
     /// Answer records that matched no probe of this round (late or duplicate).
     pub unmatched: u64,
-    /// RSTs sent after SYN-ACKs.
-    pub resets: u64,
 }
 
 struct Pending {
@@ -250,25 +248,6 @@ impl Round {
         }
     }
 
-    /// Tear down the half-open connection a SYN-ACK left on the target.
-    fn reset(&mut self, rec: &AnswerRecord) -> io::Result<()> {
-        let k = &rec.key;
-        let l4 = L4::Tcp {
-            sport: k.local_port,
-            dport: k.remote_port,
-            seq: k.seq.wrapping_add(1),
-            ack: 0,
-            flags: tcp_flags::RST,
-            window: 0,
-            options: &[],
-        };
-        self.sender.send(
-            addr_from(k.family, &k.local),
-            addr_from(k.family, &k.remote),
-            &l4,
-        )
-    }
-
     /// Send one probe to each target, then collect answers until `timeout` after the
     /// last send. Results come back in the order of `targets`.
     ///
@@ -343,10 +322,6 @@ impl Round {
                 } else {
                     res.rtt = Some(seen_at.duration_since(p.sent_at));
                     res.clock = Some(Clock::Userspace);
-                }
-                if class == Some(AnswerClass::Open) {
-                    self.reset(&rec)?;
-                    self.stats.resets += 1;
                 }
             }
         }

@@ -38,7 +38,7 @@ use tracing::warn;
 
 use super::{
     answers::AnswerSource,
-    raw::{addr_from, source_for, v4_bytes, Batch, RawSender},
+    raw::{source_for, v4_bytes, Batch, RawSender},
     result::{CheckResult, Phases, Reason},
     spec::ProbeSpec,
     uring::{sys::monotonic_now, EngineStats, Job},
@@ -177,10 +177,8 @@ pub fn spawn(
         );
     }
     let mut c = Collector {
-        raw: RawSender::new()?,
         source,
         shared: Arc::clone(&shared),
-        rsts: Batch::default(),
     };
     handles.push(
         std::thread::Builder::new()
@@ -428,16 +426,12 @@ impl SenderThread {
     }
 }
 
-/// The collector: answers in, results and RSTs out, deadlines enforced.
+/// The collector: answers in, results out, deadlines enforced.
 struct Collector {
-    /// Raw sockets for the RSTs.
-    raw: RawSender,
     /// Where answers come from.
     source: Box<dyn AnswerSource + Send>,
     /// Shared with the senders.
     shared: Arc<Shared>,
-    /// RSTs being built.
-    rsts: Batch,
 }
 
 impl Collector {
@@ -458,7 +452,6 @@ impl Collector {
             for rec in answers.drain(..) {
                 self.answer(&rec);
             }
-            self.send_rsts();
             let pending = self.expire();
             if pending == 0 && self.shared.senders_done.load(Ordering::Acquire) {
                 break;
@@ -495,39 +488,8 @@ impl Collector {
                 detail: format!("unknown answer class {}", rec.class),
             },
         };
-        if rec.class == AnswerClass::Open as u8 {
-            let k = &rec.key;
-            let l4 = L4::Tcp {
-                sport: k.local_port,
-                dport: k.remote_port,
-                seq: k.seq.wrapping_add(1),
-                ack: 0,
-                flags: tcp_flags::RST,
-                window: 0,
-                options: &[],
-            };
-            let _ = self.rsts.push(
-                addr_from(k.family, &k.local),
-                addr_from(k.family, &k.remote),
-                &l4,
-            );
-            if self.rsts.is_full() {
-                self.send_rsts();
-            }
-        }
         self.shared
             .finish(&p.job, reason, Some(rtt), clock, now.saturating_sub(p.sent));
-    }
-
-    fn send_rsts(&mut self) {
-        if self.rsts.is_empty() {
-            return;
-        }
-        let mut errors = Vec::new();
-        self.raw.send_batch(&mut self.rsts, &mut errors);
-        if let Some((_, e)) = errors.first() {
-            warn!(error = %e, failed = errors.len(), "RST after SYN-ACK failed; the target keeps a half-open connection until it times out");
-        }
     }
 
     /// Expire probes past their deadline; returns how many are still pending.
