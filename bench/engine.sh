@@ -336,7 +336,7 @@ work_icmp() {
   run fping-icmp echo fping -q -g 198.19.0.0/22 -c 60 -i 0 -p 1 -t 500 -r 0; row icmp fping fping
 }
 work_udp() {
-  sonde udp udp 33434 "$INFLIGHT"; row udp sonde sonde
+  sonde udp udp 33434 "$INFLIGHT_RAW"; row udp sonde sonde
   zmap_run zmap-udp udp -M udp -p 33434 --probe-args=text:sonde-bench; row udp zmap zmap
 }
 # HTTP: every tool against HTTP_URL with HTTP_CONNS connections (wrk/h2load: one host per run).

@@ -1,5 +1,5 @@
-//! sonde's engine under load: syn / icmp (stateless worker, answers through XDP) and
-//! udp / connect / http / http-keepalive (io_uring workers).
+//! sonde's engine under load: syn / icmp / udp (stateless workers, answers through XDP)
+//! and connect / http / http-keepalive (io_uring workers).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -149,7 +149,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         Work::Http | Work::HttpHyper => http_probe(args, false),
         Work::HttpKeepalive => http_probe(args, true),
     };
-    let stateless = matches!(work, Work::Syn | Work::Icmp);
+    let stateless = matches!(work, Work::Syn | Work::Icmp | Work::Udp);
     let http = work.is_http();
     let jobs = jobs(args, work, &probe, addrs)?;
     let n = jobs.len() as u64;

@@ -1,6 +1,6 @@
-//! Stateless probes through the engine: raw SYN and ICMP from the prober namespace,
-//! answered through the XDP ring buffer (kernel clock), matched and expired by the
-//! stateless worker.
+//! Stateless probes through the engine: raw SYN, ICMP and UDP from the prober
+//! namespace, answered through the XDP ring buffer (kernel clock), matched and expired
+//! by the stateless worker; a UDP check that reads the answer runs on a socket.
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
@@ -9,13 +9,13 @@ use sonde::{
     engine::{
         result::Reason,
         round::new_config,
-        spec::ProbeSpec,
+        spec::{ProbeSpec, UdpSpec},
         uring::{Engine, EngineConfig, Job, StatelessParts},
         Clock, PortRange,
     },
     lab::{self, Lab},
 };
-use sonde_tests::checks::check;
+use sonde_tests::{checks::check, servers::udp_echo};
 
 #[test]
 fn syn_and_icmp_through_the_engine_with_kernel_clock() {
@@ -33,8 +33,16 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
         .expect("enter")
         .expect("listen");
     lab.target
-        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop")
+        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop; add rule inet t in udp dport 9 drop")
         .expect("nft");
+    let _echo = udp_echo(&lab.target, "198.18.0.2:7", b"pong:");
+    // Every closed-port probe gets its port unreachable (the kernel rate-limits ICMP
+    // errors per peer otherwise: a burst of 6, then one a second).
+    let out = lab
+        .target
+        .exec(&["sysctl", "-qw", "net.ipv4.icmp_ratemask=0"])
+        .expect("sysctl");
+    assert!(out.status.success(), "{out:?}");
     let iface = lab.link.a.name.clone();
     let (engine, kernel) = lab
         .prober
@@ -62,13 +70,27 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
         })
         .expect("enter prober");
     let t = Duration::from_millis(400);
+    let udp = |expect: &str| {
+        ProbeSpec::Udp(Box::new(UdpSpec {
+            payload: b"hello".to_vec(),
+            expect_prefix: expect.as_bytes().to_vec(),
+        }))
+    };
     let specs = [
         check("open", "198.18.0.2", 80, ProbeSpec::TcpSyn, t),
         check("closed", "198.18.0.2", 81, ProbeSpec::TcpSyn, t),
         check("silent", "198.18.0.2", 9, ProbeSpec::TcpSyn, t),
         check("ping", "198.18.0.2", 0, ProbeSpec::Icmp, t),
         check("nohost", "198.18.0.3", 0, ProbeSpec::Icmp, t),
+        // Any answer will do: stateless, through XDP.
+        check("udp-echo", "198.18.0.2", 7, udp(""), t),
+        check("udp-closed", "198.18.0.2", 8, udp(""), t),
+        check("udp-silent", "198.18.0.2", 9, udp(""), t),
+        // Reads the answer's bytes: on a socket, timed in userspace.
+        check("udp-read", "198.18.0.2", 7, udp("pong:hello"), t),
     ];
+    assert!(engine.runs_stateless(&specs[5].probe));
+    assert!(!engine.runs_stateless(&specs[8].probe));
     let before = kernel.counters().expect("counters");
     let rounds = 20u64;
     for round in 0..rounds {
@@ -78,6 +100,7 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
                 .expect("running");
         }
     }
+    let stateless_udp = ["udp-echo", "udp-closed", "udp-silent"];
     let mut results: Vec<_> = (0..specs.len() as u64 * rounds)
         .map(|_| {
             engine
@@ -89,8 +112,9 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
     results.sort_by_key(|r| r.seq);
     for r in &results {
         let want = match r.check.as_str() {
-            "open" | "ping" => Reason::Ok,
-            "closed" => Reason::Refused,
+            "open" | "ping" | "udp-echo" | "udp-read" => Reason::Ok,
+            // ICMP port unreachable, as a connected UDP socket reports it.
+            "closed" | "udp-closed" => Reason::Refused,
             _ => Reason::Timeout,
         };
         assert_eq!(r.reason, want, "{r:?}");
@@ -101,6 +125,8 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
                 "{}: timeout after {total:?}",
                 r.check
             );
+        } else if r.check.as_str() == "udp-read" {
+            assert_eq!(r.clock, Clock::Userspace, "{r:?}");
         } else {
             assert_eq!(r.clock, Clock::Kernel, "{r:?}");
             assert!(r.rtt.is_some_and(|d| d > Duration::ZERO && d < t));
@@ -113,6 +139,16 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
         rounds
     );
     assert_eq!(d.xdp(probe_common::counters::XdpReason::AnswerEcho), rounds);
+    // The stateless UDP probes' answers, and none of the socket's (ephemeral ports).
+    assert_eq!(d.xdp(probe_common::counters::XdpReason::AnswerUdp), rounds);
+    assert_eq!(
+        d.xdp(probe_common::counters::XdpReason::AnswerUnreachable),
+        rounds
+    );
+    assert_eq!(
+        d.tc(probe_common::counters::TcReason::StampedUdp),
+        rounds * stateless_udp.len() as u64
+    );
     assert_eq!(d.xdp(probe_common::counters::XdpReason::NoStamp), 0);
     assert_eq!(
         lab.target.syn_recv_count().expect("ss"),

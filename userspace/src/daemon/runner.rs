@@ -24,7 +24,7 @@ use crate::{
     api::Event,
     engine::{
         budget::{Admission, DelayReason, Permits},
-        spec::{CheckId, ProbeSpec},
+        spec::CheckId,
         uring::{sys::monotonic_now, Job},
     },
 };
@@ -85,7 +85,7 @@ fn try_admit(
     }
     let spec = health.spec_arc();
     let prepared = Arc::clone(&parts.prepared);
-    let needs_socket = !matches!(spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp);
+    let needs_socket = !shared.engine.runs_stateless(&spec.probe);
     let admission = match gate {
         Some((reason, until_ns)) => {
             shared.budgets.lock().record_delayed(reason);

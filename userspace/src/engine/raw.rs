@@ -290,12 +290,14 @@ impl Batch {
             options: &[],
         };
         let start = self.buf.len();
-        self.buf.resize(start + 128, 0);
+        // 128 bytes hold every SYN and echo; a UDP datagram carries its payload.
+        let room = match l4 {
+            L4::Udp { payload, .. } => 128.max(48 + payload.len()),
+            _ => 128,
+        };
+        self.buf.resize(start + room, 0);
         let n = craft::build(&mut self.buf[start..], None, &ip, l4).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "probe does not fit in 128 bytes",
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, "probe does not fit its buffer")
         })?;
         self.buf.truncate(start + n);
         self.spans.push((start, n, remote));

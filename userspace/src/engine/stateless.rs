@@ -1,4 +1,5 @@
-//! The stateless probe workers: TCP SYN and ICMP echo probes sent from raw sockets,
+//! The stateless probe workers: TCP SYN, ICMP echo and UDP probes (a UDP check that
+//! takes any answer, see [`is_stateless_udp`]) sent from raw sockets,
 //! answered through an [`AnswerSource`] (the XDP ring buffer, or the userspace
 //! fallback), matched by their [`StampKey`] and expired at their deadline.
 //!
@@ -334,6 +335,26 @@ impl SenderThread {
                 };
                 self.batch.push(local, target, &l4).map(|()| key)
             }
+            ProbeSpec::Udp(u) if is_stateless_udp(u) => {
+                let dport = job.spec.target.port;
+                let sport = self.take_port();
+                let key = StampKey {
+                    local: l,
+                    remote: r,
+                    local_port: sport,
+                    remote_port: dport,
+                    proto: proto::UDP,
+                    family: fam,
+                    _pad: [0; 2],
+                    seq: 0,
+                };
+                let l4 = L4::Udp {
+                    sport,
+                    dport,
+                    payload: &u.payload,
+                };
+                self.batch.push(local, target, &l4).map(|()| key)
+            }
             other => {
                 let detail = format!("{} is not a stateless probe", other.kind());
                 self.shared.finish(
@@ -426,6 +447,23 @@ impl SenderThread {
     }
 }
 
+/// Whether a UDP check can run stateless: any answer counts, so the XDP program's
+/// record of it (which carries no payload) decides. A check that looks at the answer's
+/// bytes needs a socket.
+#[must_use]
+pub fn is_stateless_udp(u: &super::spec::UdpSpec) -> bool {
+    u.expect_prefix.is_empty()
+}
+
+/// ICMP "port unreachable": type 3 code 3 (IPv4), ICMPv6 type 1 code 4.
+fn is_port_unreachable(family: u8, icmp_type: u8, icmp_code: u8) -> bool {
+    if family == probe_common::family::V4 {
+        (icmp_type, icmp_code) == (3, 3)
+    } else {
+        (icmp_type, icmp_code) == (1, 4)
+    }
+}
+
 /// The collector: answers in, results out, deadlines enforced.
 struct Collector {
     /// Where answers come from.
@@ -480,6 +518,14 @@ impl Collector {
         let reason = match AnswerClass::from_u8(rec.class) {
             Some(AnswerClass::Open | AnswerClass::EchoReply | AnswerClass::UdpReply) => Reason::Ok,
             Some(AnswerClass::Closed) => Reason::Refused,
+            // Port unreachable for a UDP probe: nothing listens there, what a connected
+            // UDP socket reports as ECONNREFUSED.
+            Some(AnswerClass::Unreachable)
+                if rec.key.proto == proto::UDP
+                    && is_port_unreachable(rec.key.family, rec.icmp_type, rec.icmp_code) =>
+            {
+                Reason::Refused
+            }
             Some(AnswerClass::Unreachable) => Reason::Unreachable {
                 icmp_type: rec.icmp_type,
                 icmp_code: rec.icmp_code,

@@ -285,12 +285,24 @@ impl Engine {
         })
     }
 
+    /// Whether `probe` goes to the stateless workers (no socket per probe): TCP SYN and
+    /// ICMP always (without that path they fail with a clear reason), and a UDP check
+    /// that takes any answer when the path is set up; the rest run on sockets.
+    #[must_use]
+    pub fn runs_stateless(&self, probe: &ProbeSpec) -> bool {
+        match probe {
+            ProbeSpec::TcpSyn | ProbeSpec::Icmp => true,
+            ProbeSpec::Udp(u) => self.stateless.is_some() && super::stateless::is_stateless_udp(u),
+            _ => false,
+        }
+    }
+
     /// Queue a probe (blocks if the worker's queue is full: back-pressure).
     ///
     /// # Errors
     /// The worker has stopped.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
-        if matches!(job.spec.probe, ProbeSpec::TcpSyn | ProbeSpec::Icmp) {
+        if self.runs_stateless(&job.spec.probe) {
             let Some((stx, _)) = &self.stateless else {
                 let detail = "stateless probes (tcp_syn, icmp) need raw sockets and an answer path; not set up".to_owned();
                 let r = CheckResult {
