@@ -25,7 +25,7 @@
 # user+sys of the process tree over the active time (1 core = 100 %); machine CPU from
 # /proc/stat over the steady samples (>= 50 % of the peak; 2 cores = 100 %).
 # Env: DUR (s per run, 1-30, default 5), RATE (asked of zmap/masscan, default 1000000),
-#      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp, default 16384),
+#      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp/udp, default 16384),
 #      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
 #      SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
