@@ -431,3 +431,57 @@ fn denied_targets_are_refused_through_the_api_and_on_reload() {
         "never probed:\n{metrics}"
     );
 }
+
+/// A check removed while its probe is out, and added again under the same id with
+/// another target: the old probe's result (a timeout of the old target) must not count
+/// for the new check. The new check waits for that probe to end (one probe per id at a
+/// time), then its own results and sequence numbers start afresh.
+#[test]
+fn a_re_added_check_gets_no_result_of_its_old_probe() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _srv = sonde_tests::servers::tcp_acceptor(&lab.target, "198.18.0.2:80");
+    lab.target
+        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop")
+        .expect("nft");
+    let dir = TempDir::new("readd");
+    let config = dir.0.join("checks.toml");
+    // Probes of 2 s every 2.5 s: after a result, the next probe is out 0.5 s later.
+    std::fs::write(
+        &config,
+        "[[check]]\nid = \"x\"\ntarget = \"198.18.0.2:9\"\nkind = \"tcp_connect\"\n\
+         interval = \"2500ms\"\ntimeout = \"2s\"\njitter = 0.0\nrise = 1\nfall = 1\n",
+    )
+    .expect("config");
+    let d = Daemon::start(&lab.prober, &dir.0, &config, &[]);
+    d.wait_all(&["x"], "unhealthy", Duration::from_secs(6));
+    // The second probe is out from 0.5 s after the first result until 2.5 s after it.
+    std::thread::sleep(Duration::from_millis(1000));
+    d.client()
+        .call("DELETE", "/v1/checks/x", None)
+        .expect("remove x");
+    let again = serde_json::json!({
+        "id": "x", "target": "198.18.0.2:80", "kind": "tcp_connect",
+        "interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1
+    });
+    d.client()
+        .call("POST", "/v1/checks", Some(&again))
+        .expect("add x again");
+    d.wait_all(&["x"], "healthy", Duration::from_secs(5));
+    // Let the new check run past the old probe's end.
+    std::thread::sleep(Duration::from_millis(2000));
+    let h = d.client().get("/v1/checks/x/history").expect("history");
+    let results = h["results"].as_array().expect("results");
+    assert!(results.len() >= 5, "{h}");
+    for r in results {
+        assert_eq!(r["reason"], "ok", "only the new target's results: {h}");
+    }
+    let seqs: Vec<u64> = results.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, want,
+        "the new check numbers its own probes from 1: {h}"
+    );
+}

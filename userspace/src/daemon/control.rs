@@ -6,6 +6,7 @@ use tracing::info;
 
 use super::{
     checks::{diff, prepare_all, EngineParts, Entry},
+    runner::Outstanding,
     Shared,
 };
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
         spec::{CheckId, CheckSpec},
         uring::{sys::monotonic_now, Prepared},
     },
-    health::{CheckHealth, CheckStatus},
+    health::{CheckHealth, CheckStatus, Replaced},
 };
 
 fn now_ns() -> u64 {
@@ -39,10 +40,28 @@ impl Shared {
         let _ = self.events.send(Arc::new(Event::CheckAdded { id }));
     }
 
+    /// Mark the probe of `id` that is out as orphaned (its result is dropped when it
+    /// comes), and forget a wait for budget. Call with the health lock held.
+    fn orphan_probe(&self, id: &CheckId) {
+        let mut out = self.outstanding.lock();
+        match out.remove(id) {
+            Some(Outstanding::Running(seq, permits) | Outstanding::Orphaned(seq, permits)) => {
+                out.insert(id.clone(), Outstanding::Orphaned(seq, permits));
+            }
+            Some(Outstanding::Waiting(_)) | None => {}
+        }
+    }
+
     /// Stop running `id`.
     fn stop_check(&self, id: &CheckId) {
         self.sched.lock().remove(id);
-        self.health.lock().remove(id);
+        {
+            let mut h = self.health.lock();
+            h.remove(id);
+            // Under the health lock (lock order: health, outstanding), so that no result
+            // of the old probe is applied to a check re-added under the same id.
+            self.orphan_probe(id);
+        }
         let _ = self
             .events
             .send(Arc::new(Event::CheckRemoved { id: id.clone() }));
@@ -55,7 +74,11 @@ impl Shared {
         let now = tokio::time::Instant::now();
         {
             let mut h = self.health.lock();
-            h.replace(Arc::clone(&entry.spec), now);
+            if h.replace(Arc::clone(&entry.spec), now) == Replaced::Reset {
+                // The probe out (if any) was of the old target or probe: its result
+                // must not count for the new one.
+                self.orphan_probe(&id);
+            }
             if let Some(parts) = h.extra_mut(&id) {
                 parts.prepared = entry.prepared;
             }

@@ -37,6 +37,11 @@ fn now_ns() -> u64 {
 pub(super) enum Outstanding {
     /// Submitted with this sequence number; holding these permits.
     Running(u64, Permits),
+    /// Submitted for a definition that is gone (the check was removed, or its target or
+    /// probe changed): its result describes something else and is dropped when it
+    /// comes; its permits are released then. Until then the check's id is not probed
+    /// again (one probe per check at a time).
+    Orphaned(u64, Permits),
     /// Waiting until this time (ns, monotonic) for its budget.
     Waiting(u64),
 }
@@ -77,7 +82,7 @@ fn try_admit(
     match out.get(id) {
         Some(Outstanding::Waiting(_)) if retrying => {}
         _ if retrying => return Tried::Gone,
-        Some(Outstanding::Running(..) | Outstanding::Waiting(_)) => {
+        Some(Outstanding::Running(..) | Outstanding::Orphaned(..) | Outstanding::Waiting(_)) => {
             shared.budgets.lock().record_skipped(1);
             return Tried::Skipped;
         }
@@ -264,6 +269,8 @@ pub(super) fn results(shared: &Arc<Shared>) {
     let rx = shared.engine.results().clone();
     let mut batch = Vec::with_capacity(RESULT_BATCH);
     let mut intervals = Vec::with_capacity(RESULT_BATCH);
+    // Per result of the batch: whether it answers an orphaned probe (dropped).
+    let mut stale: Vec<bool> = Vec::with_capacity(RESULT_BATCH);
     let mut transitions = Vec::new();
     loop {
         let r = match rx.recv_timeout(Duration::from_millis(100)) {
@@ -286,17 +293,28 @@ pub(super) fn results(shared: &Arc<Shared>) {
                 Err(_) => break,
             }
         }
+        stale.clear();
         {
             let mut out = shared.outstanding.lock();
             let mut budgets = shared.budgets.lock();
             let was_full = !budgets.inflight().fits(1);
             for r in &batch {
-                if matches!(out.get(&r.check), Some(Outstanding::Running(seq, _)) if *seq == r.seq)
-                {
-                    if let Some(Outstanding::Running(_, permits)) = out.remove(&r.check) {
+                let matched = matches!(
+                    out.get(&r.check),
+                    Some(Outstanding::Running(seq, _) | Outstanding::Orphaned(seq, _)) if *seq == r.seq
+                );
+                let orphan = match matched.then(|| out.remove(&r.check)).flatten() {
+                    Some(Outstanding::Running(_, permits)) => {
                         budgets.release(permits);
+                        false
                     }
-                }
+                    Some(Outstanding::Orphaned(_, permits)) => {
+                        budgets.release(permits);
+                        true
+                    }
+                    _ => false,
+                };
+                stale.push(orphan);
             }
             if was_full && budgets.inflight().fits(1) {
                 // Checks wait for these permits: let the dispatcher retry now.
@@ -307,7 +325,12 @@ pub(super) fn results(shared: &Arc<Shared>) {
         intervals.clear();
         {
             let mut h = shared.health.lock();
-            for r in &batch {
+            for (r, &orphan) in batch.iter().zip(&stale) {
+                if orphan {
+                    debug!(check = %r.check, seq = r.seq, "result of a removed or redefined check's probe dropped");
+                    intervals.push(None);
+                    continue;
+                }
                 if let Some(t) = h.apply(r, now) {
                     transitions.push(t);
                 }
