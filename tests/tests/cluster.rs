@@ -203,6 +203,7 @@ fn assignment_balance_join_and_leader_failover() {
     assert!(frac <= 0.25 + 0.05, "at most about 1/4 moves: {frac:.3}");
     // A node that lost a check withdrew its opinion of it: no opinion in etcd is from a
     // node that does not hold the check (it would count again if the check came back).
+    let waited = Instant::now();
     let (_, took) = wait_for(
         "opinions only from the replicas holding each check",
         Duration::from_secs(10),
@@ -218,6 +219,9 @@ fn assignment_balance_join_and_leader_failover() {
                     (!r.get(check).is_some_and(|s| s.contains(node))).then_some(rest)
                 })
                 .collect();
+            if waited.elapsed() > Duration::from_millis(9_800) {
+                eprintln!("stray opinions still in etcd: {stray:?}");
+            }
             stray.is_empty().then_some(())
         },
     );

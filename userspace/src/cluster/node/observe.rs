@@ -53,6 +53,13 @@ impl Node {
     fn on_event(&self, e: Result<Arc<Event>, broadcast::error::RecvError>, q: &mut Outbox) -> bool {
         match e {
             Ok(ev) => match &*ev {
+                // A transition can be announced after its check was removed here (the
+                // result loop journals a batch before announcing it, and the removal's
+                // event may pass it): publishing it then would leave an opinion of a
+                // check this node no longer holds, after its withdrawal.
+                Event::Transition(t) if self.local.opinion(&t.check).is_none() => {
+                    debug!(check = %t.check, "transition of a check no longer held here; not published");
+                }
                 Event::Transition(t) => {
                     let rec = ObservationRecord {
                         health: t.to,
