@@ -61,8 +61,23 @@ fn small() -> JournalOptions {
     }
 }
 
+/// Open a journal this test closed before (or a new one). Other tests of this binary
+/// spawn processes, and a child holds a copy of every descriptor, the lock file's
+/// included, from its fork until its exec closes it: a reopen in that instant finds
+/// the directory locked. Such a lock is gone within milliseconds; a journal really
+/// left open is not, and still fails the test.
 fn open(dir: &Path, opts: JournalOptions) -> (Journal<Rec>, Vec<Entry<Rec>>) {
-    Journal::open(dir, opts).expect("open journal")
+    let start = std::time::Instant::now();
+    loop {
+        match Journal::open(dir, opts.clone()) {
+            Err(JournalError::Locked { .. })
+                if start.elapsed() < std::time::Duration::from_secs(1) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other.expect("open journal"),
+        }
+    }
 }
 
 fn seqs(entries: &[Entry<Rec>]) -> Vec<u64> {
