@@ -8,6 +8,7 @@ pub mod answers;
 pub mod budget;
 pub mod dns;
 pub mod http;
+pub mod id_index;
 pub mod ports;
 pub mod raw;
 pub mod result;

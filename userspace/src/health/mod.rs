@@ -41,6 +41,7 @@ pub use state::{
 };
 
 use crate::engine::{
+    id_index::IdIndex,
     result::CheckResult,
     spec::{CheckId, CheckSpec, Target},
 };
@@ -132,9 +133,8 @@ const CHUNK: usize = 2048;
 /// number is reused by the next one added.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTable<X = ()> {
-    /// Check numbers, hashed by their record's id.
-    index: hashbrown::HashTable<u32>,
-    hasher: foldhash::quality::RandomState,
+    /// Check numbers by their record's id.
+    index: IdIndex,
     /// Records by check number, in chunks of [`CHUNK`]; `None` is a free number.
     chunks: Vec<Box<[Option<Record<X>>]>>,
     /// Free check numbers.
@@ -170,25 +170,16 @@ impl<X> HealthTable<X> {
     #[must_use]
     pub fn with_config(config: HealthConfig) -> Self {
         Self {
-            index: hashbrown::HashTable::new(),
-            hasher: foldhash::quality::RandomState::default(),
+            index: IdIndex::default(),
             chunks: Vec::new(),
             free: Vec::new(),
             config,
         }
     }
 
-    fn hash(&self, id: &CheckId) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(id)
-    }
-
     /// The number of the check `id`, if held.
     fn number(&self, id: &CheckId) -> Option<u32> {
-        let chunks = &self.chunks;
-        self.index
-            .find(self.hash(id), |&n| id_of(chunks, n) == id)
-            .copied()
+        self.index.find(id, |n| id_of(&self.chunks, n))
     }
 
     fn get_record(&self, id: &CheckId) -> Option<&Record<X>> {
@@ -202,7 +193,6 @@ impl<X> HealthTable<X> {
 
     /// Store a record under a free number and index it (its id must be new).
     fn put(&mut self, record: Record<X>) {
-        let hash = self.hash(&record.health.spec().id);
         let n = match self.free.pop() {
             Some(n) => n,
             None => {
@@ -215,11 +205,8 @@ impl<X> HealthTable<X> {
         };
         let (i, j) = (n as usize / CHUNK, n as usize % CHUNK);
         self.chunks[i][j] = Some(record);
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.index.insert_unique(hash, n, |&m| {
-            use std::hash::BuildHasher;
-            hasher.hash_one(id_of(chunks, m))
-        });
+        let chunks = &self.chunks;
+        self.index.insert(id_of(chunks, n), n, |m| id_of(chunks, m));
     }
 
     /// Add a check, starting at `spec.initial` at `now`, with the default payload.
@@ -289,13 +276,8 @@ impl<X> HealthTable<X> {
 
     /// Remove a check, returning its final state.
     pub fn remove(&mut self, id: &CheckId) -> Option<CheckHealth> {
-        let hash = self.hash(id);
         let chunks = &self.chunks;
-        let (n, _) = self
-            .index
-            .find_entry(hash, |&n| id_of(chunks, n) == id)
-            .ok()?
-            .remove();
+        let n = self.index.remove(id, |m| id_of(chunks, m))?;
         let record = self.chunks[n as usize / CHUNK][n as usize % CHUNK].take()?;
         self.free.push(n);
         Some(record.health)

@@ -15,11 +15,11 @@ mod wheel;
 #[cfg(test)]
 mod tests;
 
-use std::{hash::BuildHasher, time::Duration};
+use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::spec::CheckId;
+use super::{id_index::IdIndex, spec::CheckId};
 pub use wheel::{TimerKey, TimingWheel, DEFAULT_TICK_NS, LEVELS};
 
 /// Largest jitter accepted, as a fraction of the interval: with at most half an
@@ -47,11 +47,9 @@ struct Timer {
 #[derive(Debug)]
 pub struct Scheduler {
     wheel: TimingWheel<Timer>,
-    /// Each check's timer (its slab index), hashed by the id the timer holds. A timer
-    /// keeps its key for as long as its check is scheduled (the wheel re-arms it in
-    /// place).
-    checks: hashbrown::HashTable<u32>,
-    hasher: foldhash::quality::RandomState,
+    /// Each check's timer (its slab index) by the id the timer holds. A timer keeps
+    /// its key for as long as its check is scheduled (the wheel re-arms it in place).
+    checks: IdIndex,
     rng: StdRng,
     missed: u64,
 }
@@ -104,8 +102,7 @@ impl Scheduler {
     fn with_rng(rng: StdRng, tick_ns: u64) -> Self {
         Self {
             wheel: TimingWheel::with_tick(tick_ns),
-            checks: hashbrown::HashTable::new(),
-            hasher: foldhash::quality::RandomState::default(),
+            checks: IdIndex::default(),
             rng,
             missed: 0,
         }
@@ -120,17 +117,16 @@ impl Scheduler {
         let interval = nanos(interval);
         let first = now.saturating_add(self.rng.random_range(0..interval));
         let replaced = self.remove(&id);
-        let hash = self.hasher.hash_one(&id);
         let timer = Timer {
             id,
             interval,
             nominal: first,
             jitter: clamp_jitter(jitter),
         };
-        let key = self.wheel.insert(first, timer);
-        let (wheel, hasher) = (&self.wheel, &self.hasher);
+        let index = self.wheel.insert(first, timer).index();
+        let wheel = &self.wheel;
         self.checks
-            .insert_unique(hash, key.index(), |&i| hasher.hash_one(id_of(wheel, i)));
+            .insert(id_of(wheel, index), index, |i| id_of(wheel, i));
         replaced
     }
 
@@ -138,20 +134,16 @@ impl Scheduler {
     fn key(&self, id: &CheckId) -> Option<TimerKey> {
         let wheel = &self.wheel;
         self.checks
-            .find(self.hasher.hash_one(id), |&i| id_of(wheel, i) == id)
-            .and_then(|&i| wheel.key_at(i))
+            .find(id, |i| id_of(wheel, i))
+            .and_then(|i| wheel.key_at(i))
     }
 
     /// Stop scheduling a check. Returns whether it was scheduled.
     pub fn remove(&mut self, id: &CheckId) -> bool {
         let wheel = &self.wheel;
-        let Ok(entry) = self
-            .checks
-            .find_entry(self.hasher.hash_one(id), |&i| id_of(wheel, i) == id)
-        else {
+        let Some(index) = self.checks.remove(id, |i| id_of(wheel, i)) else {
             return false;
         };
-        let (index, _) = entry.remove();
         if let Some(key) = self.wheel.key_at(index) {
             self.wheel.cancel(key);
         }
@@ -259,7 +251,7 @@ impl Scheduler {
 
 /// The id of the armed timer in slab entry `index` (every indexed timer is armed).
 fn id_of(wheel: &TimingWheel<Timer>, index: u32) -> &CheckId {
-    match wheel.key_at(index).and_then(|k| wheel.get(k)) {
+    match wheel.get_at(index) {
         Some(t) => &t.id,
         None => unreachable!("scheduler: indexed timer {index} is not armed"),
     }

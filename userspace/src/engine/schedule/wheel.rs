@@ -228,6 +228,16 @@ impl<T> TimingWheel<T> {
             })
     }
 
+    /// The item of the armed timer in slab entry `index` (see
+    /// [`key_at`](Self::key_at)).
+    #[must_use]
+    pub fn get_at(&self, index: u32) -> Option<&T> {
+        self.entries
+            .get(index as usize)
+            .filter(|e| e.slot != FREE)
+            .and_then(|e| e.value.as_ref())
+    }
+
     fn live(&self, key: TimerKey) -> Option<&Entry<T>> {
         self.entries
             .get(key.index as usize)
