@@ -19,7 +19,9 @@
 )]
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_UNSPEC},
+    bindings::{
+        xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+    },
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -30,7 +32,7 @@ use probe_common::{
     counters::{TcReason, XdpReason},
     parse::{classify_egress, classify_into, Answer, Frame},
     record::{flags, AnswerClass, AnswerRecord, StampKey},
-    EVENTS_BYTES, STAMPS_CAPACITY,
+    EVENTS_BYTES, EVENTS_WAKEUP_BYTES, STAMPS_CAPACITY,
 };
 
 #[map(name = "SONDE_CONFIG")]
@@ -169,7 +171,14 @@ fn xdp_classify(ctx: &XdpContext) -> XdpReason {
         (*rec).ttl = answer.ttl;
         (*rec)._pad = [0; 2];
     }
-    entry.submit(0);
+    // Wake the reader only once a batch is waiting (see EVENTS_WAKEUP_BYTES);
+    // readers poll every EVENTS_POLL_MS.
+    let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wake));
     match answer.class {
         AnswerClass::Open => XdpReason::AnswerOpen,
         AnswerClass::Closed => XdpReason::AnswerClosed,

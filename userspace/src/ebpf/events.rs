@@ -24,9 +24,15 @@ impl Events {
         n
     }
 
-    /// Wait until the ring buffer has data or `timeout` passes.
+    /// Wait until the ring buffer has data or `timeout` passes, but never longer than
+    /// [`probe_common::EVENTS_POLL_MS`]: the XDP program wakes readers only once
+    /// [`probe_common::EVENTS_WAKEUP_BYTES`] are waiting, so a caller that waits for a
+    /// few records must drain after each return, `false` included.
     #[must_use]
     pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let timeout = timeout.min(std::time::Duration::from_millis(
+            probe_common::EVENTS_POLL_MS.into(),
+        ));
         let mut pfd = libc::pollfd {
             fd: self.0.as_raw_fd(),
             events: libc::POLLIN,

@@ -271,7 +271,8 @@ impl KernelProbes {
         self.events.as_mut().map_or(0, |e| e.drain(f))
     }
 
-    /// Wait until the ring buffer has data or `timeout` passes.
+    /// Wait until the ring buffer has data or `timeout` passes, at most
+    /// [`probe_common::EVENTS_POLL_MS`] (see [`Events::wait`]): drain after each return.
     pub fn wait(&self, timeout: std::time::Duration) -> bool {
         self.events.as_ref().is_some_and(|e| e.wait(timeout))
     }

@@ -12,8 +12,7 @@
 //! expires probes whose deadline passed.
 
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, HashMap},
     hash::{BuildHasher, Hash},
     io,
     net::IpAddr,
@@ -66,8 +65,61 @@ struct Pending {
 struct Shard {
     /// Probes in flight.
     map: HashMap<StampKey, Pending, foldhash::fast::FixedState>,
-    /// Deadlines, earliest first (stale entries are skipped when popped).
-    deadlines: BinaryHeap<Reverse<(Duration, StampKey)>>,
+    /// When to look at each key again (stale entries are skipped when due).
+    deadlines: Deadlines,
+}
+
+/// Granularity of [`Deadlines`]; the collector looks at them about this often anyway.
+const DEADLINE_TICK: Duration = Duration::from_millis(1);
+
+/// Deadlines in buckets of one [`DEADLINE_TICK`], rounded up (a probe never expires
+/// early, at most one tick late). A binary heap of every probe in flight cost one
+/// cache miss per level on each pop (8 % of the machine at 130k probes/s); here a
+/// probe is appended to its bucket, which probes sent together share, and a due
+/// bucket is taken whole.
+#[derive(Default)]
+struct Deadlines {
+    /// Keys by the tick their deadline rounds up to.
+    buckets: BTreeMap<u64, Vec<StampKey>>,
+    /// Emptied bucket vectors, kept for their capacity.
+    spare: Vec<Vec<StampKey>>,
+}
+
+impl Deadlines {
+    fn tick(deadline: Duration) -> u64 {
+        u64::try_from(deadline.as_nanos().div_ceil(DEADLINE_TICK.as_nanos())).unwrap_or(u64::MAX)
+    }
+
+    fn push(&mut self, deadline: Duration, key: StampKey) {
+        let tick = Self::tick(deadline);
+        if let Some(mut last) = self.buckets.last_entry() {
+            if *last.key() == tick {
+                last.get_mut().push(key);
+                return;
+            }
+        }
+        let spare = &mut self.spare;
+        self.buckets
+            .entry(tick)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(key);
+    }
+
+    /// The earliest bucket whose tick has passed at `now`, if any.
+    fn pop_due(&mut self, now: Duration) -> Option<Vec<StampKey>> {
+        let (&tick, _) = self.buckets.first_key_value()?;
+        let due = u128::from(tick) * DEADLINE_TICK.as_nanos() <= now.as_nanos();
+        due.then(|| self.buckets.pop_first().map(|(_, keys)| keys))
+            .flatten()
+    }
+
+    /// Give a bucket taken with [`Self::pop_due`] back for reuse.
+    fn recycle(&mut self, mut keys: Vec<StampKey>) {
+        if self.spare.len() < 64 {
+            keys.clear();
+            self.spare.push(keys);
+        }
+    }
 }
 
 /// Probes in flight, sharded so senders and the collector rarely meet on a lock.
@@ -411,7 +463,7 @@ impl SenderThread {
                 );
                 shard = self.shared.table.shard(key).lock();
             }
-            shard.deadlines.push(Reverse((deadline, *key)));
+            shard.deadlines.push(deadline, *key);
         }
         let mut errors = Vec::new();
         self.raw.send_batch(&mut self.batch, &mut errors);
@@ -545,16 +597,16 @@ impl Collector {
         let mut expired = Vec::new();
         for shard in &self.shared.table.shards {
             let mut s = shard.lock();
-            while let Some(Reverse((d, key))) = s.deadlines.peek().copied() {
-                if d > now {
-                    break;
-                }
-                s.deadlines.pop();
-                if s.map.get(&key).is_some_and(|p| p.deadline == d) {
-                    if let Some(p) = s.map.remove(&key) {
-                        expired.push(p);
+            while let Some(keys) = s.deadlines.pop_due(now) {
+                for key in &keys {
+                    // A key answered since, or sent again with a later deadline, stays.
+                    if s.map.get(key).is_some_and(|p| p.deadline <= now) {
+                        if let Some(p) = s.map.remove(key) {
+                            expired.push(p);
+                        }
                     }
                 }
+                s.deadlines.recycle(keys);
             }
             pending += s.map.len();
         }
@@ -568,5 +620,55 @@ impl Collector {
             );
         }
         pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u16) -> StampKey {
+        StampKey {
+            local_port: n,
+            ..StampKey::default()
+        }
+    }
+
+    fn due(d: &mut Deadlines, now: Duration) -> Vec<u16> {
+        let mut out = Vec::new();
+        while let Some(keys) = d.pop_due(now) {
+            out.extend(keys.iter().map(|k| k.local_port));
+            d.recycle(keys);
+        }
+        out
+    }
+
+    #[test]
+    fn deadlines_come_due_in_order_never_early_and_at_most_a_tick_late() {
+        let ms = Duration::from_millis;
+        let mut d = Deadlines::default();
+        // Out of order, and within one tick of each other.
+        d.push(ms(5) + Duration::from_micros(300), key(3));
+        d.push(ms(2), key(1));
+        d.push(ms(5) + Duration::from_micros(900), key(4));
+        d.push(ms(2) + Duration::from_nanos(1), key(2));
+        assert_eq!(due(&mut d, ms(1)), Vec::<u16>::new());
+        // Exactly at the deadline: due; 1 ns past 2 ms rounds up to the 3 ms tick.
+        assert_eq!(due(&mut d, ms(2)), vec![1]);
+        assert_eq!(
+            due(&mut d, ms(3) - Duration::from_nanos(1)),
+            Vec::<u16>::new()
+        );
+        assert_eq!(due(&mut d, ms(3)), vec![2]);
+        assert_eq!(
+            due(&mut d, ms(5) + Duration::from_micros(999)),
+            Vec::<u16>::new()
+        );
+        assert_eq!(due(&mut d, ms(6)), vec![3, 4]);
+        assert!(d.buckets.is_empty());
+        // Emptied buckets are reused.
+        assert!(!d.spare.is_empty());
+        d.push(ms(10), key(9));
+        assert_eq!(due(&mut d, ms(100)), vec![9]);
     }
 }
