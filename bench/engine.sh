@@ -28,7 +28,9 @@
 #      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp/udp, default 16384),
 #      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
-#      SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
+#      PEERS (0: only sonde in the syn/icmp/udp rows, e.g. ONLY="syn syn syn" to compare
+#      builds), SONDE_RATE (cap sonde's syn/icmp/udp probes/s: at a rate below the machine's
+#      limit, machine CPU % compares the cost per probe of two builds), SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
 #      every HTTP tool, default 64), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
 #      198.19.0.0/16), NGINX_WORKERS (default 2), H2LOAD_N (requests h2load runs, since its -D
 #      mode never ends with Connection: close; default: as many as wrk did in DUR s just before).
@@ -42,6 +44,7 @@ RATE=${RATE:-1000000}
 INFLIGHT=${INFLIGHT:-4096}
 INFLIGHT_RAW=${INFLIGHT_RAW:-16384}
 ONLY=${ONLY:-syn icmp udp connect http http-keepalive}
+PEERS=${PEERS:-1}         # 0: sonde's rows only (syn, icmp, udp), for A/B runs of sonde builds
 SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
 HTTP_PORT=8080
 HTTP_ADDR=${HTTP_ADDR:-198.19.0.1}
@@ -314,7 +317,7 @@ EOF
 
 sonde() {  # WORK PORT INFLIGHT
   run "sonde-$1" "$2" "$BIN" "$1" --duration "$DUR" --targets "$TARGETS" --port "$3" \
-    --inflight "$4" --threads 2 --iface vp0
+    --inflight "$4" --threads 2 --iface vp0 ${SONDE_RATE:+--rate "$SONDE_RATE"}
 }
 zmap_run() {  # NAME KIND ARGS...
   local name=$1 kind=$2; shift 2
@@ -324,6 +327,7 @@ zmap_run() {  # NAME KIND ARGS...
 
 work_syn() {
   sonde syn syn "$SYN_PORT" "$INFLIGHT_RAW"; row syn sonde sonde
+  [ "$PEERS" = 1 ] || return 0
   zmap_run zmap-syn syn -p "$SYN_PORT"; row syn zmap zmap
   run masscan-syn syn timeout -s INT "$DUR" masscan "$TARGETS" -p"$SYN_PORT" --infinite --rate "$RATE" \
     --interface vp0 --adapter-ip 198.18.0.1 --router-mac "$(gwmac)" --adapter-port 61000 --wait 0
@@ -331,12 +335,14 @@ work_syn() {
 }
 work_icmp() {
   sonde icmp echo 0 "$INFLIGHT_RAW"; row icmp sonde sonde
+  [ "$PEERS" = 1 ] || return 0
   zmap_run zmap-icmp echo -M icmp_echoscan; row icmp zmap zmap
   # fping keeps each sequence number 10 s: one run is capped at 65535 pings.
   run fping-icmp echo fping -q -g 198.19.0.0/22 -c 60 -i 0 -p 1 -t 500 -r 0; row icmp fping fping
 }
 work_udp() {
   sonde udp udp 33434 "$INFLIGHT_RAW"; row udp sonde sonde
+  [ "$PEERS" = 1 ] || return 0
   zmap_run zmap-udp udp -M udp -p 33434 --probe-args=text:sonde-bench; row udp zmap zmap
 }
 # HTTP: every tool against HTTP_URL with HTTP_CONNS connections (wrk/h2load: one host per run).

@@ -60,6 +60,7 @@ fn jobs(args: &Args, work: Work, probe: &ProbeSpec, addrs: &[Ipv4Addr]) -> Resul
                     host: host.into(),
                     addr: IpAddr::V4(a),
                     port,
+                    source: Default::default(),
                 },
                 probe: probe.clone(),
                 interval: timeout * 10,

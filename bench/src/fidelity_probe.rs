@@ -94,6 +94,7 @@ fn spec(args: &ProbeArgs) -> Arc<CheckSpec> {
             host: args.target.to_string().into(),
             addr: IpAddr::V4(args.target),
             port,
+            source: Default::default(),
         },
         probe,
         interval: timeout * 10,

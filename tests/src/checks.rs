@@ -22,6 +22,7 @@ pub fn check(
             host: addr.into(),
             addr: ip,
             port,
+            source: Default::default(),
         },
         probe,
         interval: timeout * 10,

@@ -157,3 +157,51 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
     );
     engine.shutdown();
 }
+
+/// A check's remembered source address follows the routing: after the route to the
+/// target changes its source, the next lookup (once rtnetlink's news is read) gives
+/// the new address, not the remembered one.
+#[test]
+fn the_source_address_follows_a_route_change() {
+    use sonde::engine::sources::{SourceMemo, Sources};
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let dev = lab.link.a.name.clone();
+    lab.prober
+        .ip(&["addr", "add", "198.18.0.11/24", "dev", &dev])
+        .expect("second address");
+    let target: std::net::IpAddr = "198.18.0.2".parse().expect("addr");
+    let sources = lab.prober.run(Sources::new).expect("enter prober");
+    let memo = SourceMemo::default();
+    let mut cache = Vec::new();
+    let local = |sources: &Sources, cache: &mut Vec<_>| {
+        lab.prober
+            .run(|| sources.local_for(&memo, target, cache))
+            .expect("enter prober")
+            .expect("route")
+            .to_string()
+    };
+    assert_eq!(local(&sources, &mut cache), "198.18.0.1");
+    assert!(memo.is_set());
+    // News of the lab's own setup (IPv6 link-local addresses settle late) may start
+    // another epoch; the source stays.
+    sources.poll();
+    assert_eq!(local(&sources, &mut cache), "198.18.0.1");
+    lab.prober
+        .ip(&[
+            "route",
+            "replace",
+            "198.18.0.0/24",
+            "dev",
+            &dev,
+            "src",
+            "198.18.0.11",
+        ])
+        .expect("route replace");
+    let epoch = sources.epoch();
+    assert!(sources.poll(), "rtnetlink announced no change");
+    assert_ne!(sources.epoch(), epoch);
+    assert_eq!(local(&sources, &mut cache), "198.18.0.11");
+}

@@ -136,6 +136,7 @@ fn target(ctx: &mut Ctx, t: &Val<super::target::TargetSpec>, kind: ProbeKind) ->
         host: t.v.host.as_str().into(),
         addr: t.v.addr,
         port,
+        source: Default::default(),
     })
 }
 

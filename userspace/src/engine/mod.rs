@@ -14,6 +14,7 @@ pub mod raw;
 pub mod result;
 pub mod round;
 pub mod schedule;
+pub mod sources;
 pub mod spec;
 pub mod stateless;
 pub mod tls;

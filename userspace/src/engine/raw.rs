@@ -233,6 +233,16 @@ pub struct Batch {
     buf: Vec<u8>,
     /// (start, len, destination) of each packet.
     spans: Vec<(usize, usize, IpAddr)>,
+    /// IPv4 identification of the next packet (never 0: see [`next_ip_id`]).
+    ip_id: u16,
+}
+
+/// The IPv4 identification after `id`, skipping 0. An IP_HDRINCL packet with id 0
+/// has the kernel pick one (`__ip_select_ident`: a shared, hashed counter, 3 % of
+/// the machine at 250k probes/s); probes are never fragmented, so any value does.
+#[must_use]
+pub fn next_ip_id(id: u16) -> u16 {
+    id.wrapping_add(1).max(1)
 }
 
 /// Most packets per `sendmmsg`.
@@ -243,6 +253,7 @@ impl Default for Batch {
         Self {
             buf: Vec::with_capacity(BATCH * 128),
             spans: Vec::with_capacity(BATCH),
+            ip_id: 1,
         }
     }
 }
@@ -281,12 +292,13 @@ impl Batch {
                 ))
             }
         };
+        self.ip_id = next_ip_id(self.ip_id);
         let ip = Ip {
             family: fam,
             src,
             dst,
             ttl: 64,
-            id: 0,
+            id: self.ip_id,
             options: &[],
         };
         let start = self.buf.len();

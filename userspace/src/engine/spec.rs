@@ -136,6 +136,10 @@ pub struct Target {
     pub addr: IpAddr,
     /// Port (0 for ICMP).
     pub port: u16,
+    /// The local address stateless probes leave from, once resolved (fits in what
+    /// was padding; not compared, not serialized; see `engine::sources`).
+    #[serde(skip)]
+    pub source: super::sources::SourceMemo,
 }
 
 /// PROXY protocol header sent before an HTTP request (HAProxy's spec).

@@ -38,8 +38,9 @@ use tracing::warn;
 
 use super::{
     answers::AnswerSource,
-    raw::{source_for, v4_bytes, Batch, RawSender},
+    raw::{v4_bytes, Batch, RawSender},
     result::{CheckResult, Phases, Reason},
+    sources::Sources,
     spec::ProbeSpec,
     uring::{sys::monotonic_now, EngineStats, Job},
     Clock,
@@ -47,8 +48,6 @@ use super::{
 
 /// Pending-table shards (a power of two).
 const SHARDS: usize = 64;
-/// Most local-address lookups cached per sender.
-const SOURCE_CACHE: usize = 65536;
 
 /// One probe waiting for its answer.
 struct Pending {
@@ -157,6 +156,8 @@ struct Shared {
     clock: Clock,
     /// Set when the job queue closed and the senders are done.
     senders_done: AtomicBool,
+    /// Source addresses and the routing epoch (polled by the collector).
+    sources: Sources,
 }
 
 impl Shared {
@@ -206,6 +207,7 @@ pub fn spawn(
         stats,
         clock: source.clock(),
         senders_done: AtomicBool::new(false),
+        sources: Sources::new(),
     });
     let mut handles = Vec::with_capacity(senders + 1);
     let mut sender_handles = Vec::with_capacity(senders);
@@ -217,9 +219,10 @@ pub fn spawn(
             stride: u16::try_from(senders).unwrap_or(1),
             next_port: cfg.port_lo + u16::try_from(i).unwrap_or(0),
             next_seq: u16::try_from(i).unwrap_or(0),
-            sources: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            local_addrs: Vec::new(),
             batch: Batch::default(),
             keys: Vec::with_capacity(super::raw::BATCH),
+            sent: Vec::with_capacity(super::raw::BATCH),
             shared: Arc::clone(&shared),
         };
         let rx = rx.clone();
@@ -265,12 +268,14 @@ struct SenderThread {
     next_port: u16,
     /// Next ICMP sequence number (of this sender's residue class).
     next_seq: u16,
-    /// Local address per target address.
-    sources: HashMap<IpAddr, IpAddr, foldhash::fast::FixedState>,
+    /// This sender's copy of the source-address list the checks' memos index.
+    local_addrs: Vec<IpAddr>,
     /// Packets being built.
     batch: Batch,
     /// The batch's probes (key and job), in packet order.
     keys: Vec<(StampKey, Job)>,
+    /// The keys of the batch being sent, in order (to match send errors).
+    sent: Vec<StampKey>,
     /// Shared with the collector.
     shared: Arc<Shared>,
 }
@@ -294,18 +299,6 @@ impl SenderThread {
         self.flush();
     }
 
-    fn local_for(&mut self, target: IpAddr) -> io::Result<IpAddr> {
-        if let Some(l) = self.sources.get(&target) {
-            return Ok(*l);
-        }
-        let l = source_for(target)?;
-        if self.sources.len() >= SOURCE_CACHE {
-            self.sources.clear();
-        }
-        self.sources.insert(target, l);
-        Ok(l)
-    }
-
     fn take_port(&mut self) -> u16 {
         let p = self.next_port;
         let next = u32::from(p) + u32::from(self.stride);
@@ -321,7 +314,11 @@ impl SenderThread {
     fn build(&mut self, job: Job) {
         self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
         let target = job.spec.target.addr;
-        let local = match self.local_for(target) {
+        let local = match self.shared.sources.local_for(
+            &job.spec.target.source,
+            target,
+            &mut self.local_addrs,
+        ) {
             Ok(l) => l,
             Err(e) => {
                 let reason = Reason::Local {
@@ -440,13 +437,19 @@ impl SenderThread {
             return;
         }
         let now = monotonic_now();
-        for (key, job) in &self.keys {
+        // The jobs move into the pending table (no reference-count traffic on their
+        // shared parts); a failed send takes its job back out by key.
+        let mut built = std::mem::take(&mut self.keys);
+        self.sent.clear();
+        for (key, job) in built.drain(..) {
+            self.sent.push(key);
+            let key = &key;
             let deadline = now + job.spec.timeout;
             let mut shard = self.shared.table.shard(key).lock();
             if let Some(old) = shard.map.insert(
                 *key,
                 Pending {
-                    job: job.clone(),
+                    job,
                     sent: now,
                     deadline,
                 },
@@ -468,16 +471,9 @@ impl SenderThread {
         let mut errors = Vec::new();
         self.raw.send_batch(&mut self.batch, &mut errors);
         for (i, e) in errors {
-            let (key, job) = &self.keys[i];
-            if self
-                .shared
-                .table
-                .shard(key)
-                .lock()
-                .map
-                .remove(key)
-                .is_some()
-            {
+            let key = &self.sent[i];
+            let removed = self.shared.table.shard(key).lock().map.remove(key);
+            if let Some(p) = removed {
                 let reason = match e.raw_os_error() {
                     Some(libc::EHOSTUNREACH) => Reason::Unreachable {
                         icmp_type: 3,
@@ -492,10 +488,10 @@ impl SenderThread {
                     },
                 };
                 self.shared
-                    .finish(job, reason, None, self.shared.clock, Duration::ZERO);
+                    .finish(&p.job, reason, None, self.shared.clock, Duration::ZERO);
             }
         }
-        self.keys.clear();
+        self.keys = built;
     }
 }
 
@@ -538,6 +534,7 @@ impl Collector {
         let mut answers: Vec<AnswerRecord> = Vec::with_capacity(1024);
         loop {
             self.source.wait(Duration::from_millis(1));
+            self.shared.sources.poll();
             self.source.drain(&mut |r| answers.push(r));
             for rec in answers.drain(..) {
                 self.answer(&rec);

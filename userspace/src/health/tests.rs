@@ -30,6 +30,7 @@ fn spec(id: &str, thresholds: Thresholds, initial: InitialState) -> CheckSpec {
             host: "192.0.2.1".into(),
             addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             port: 80,
+            source: Default::default(),
         },
         probe: ProbeSpec::TcpConnect,
         interval: INTERVAL,

@@ -39,6 +39,7 @@ fn status(id: &str, state: Health, labels: &[(&str, &str)]) -> CheckStatus {
             host: "::1".into(),
             addr: "::1".parse().unwrap(),
             port: 443,
+            source: Default::default(),
         },
     }
 }

@@ -74,6 +74,7 @@ fn spec(id: &str, host: &str, addr: IpAddr, port: u16, probe: ProbeSpec) -> Chec
             host: host.into(),
             addr,
             port,
+            source: Default::default(),
         },
         probe,
         interval: Duration::from_secs(5),
