@@ -6,6 +6,11 @@
 //! `--targets`, stops submitting after `--duration` seconds, waits for the last
 //! results (bounded by the probe timeout) and prints one JSON line.
 
+/// The `sonde` binary's allocator (see userspace/src/main.rs), for the engine and the
+/// baselines alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cpu;
 mod engine_run;
 mod hyper_run;

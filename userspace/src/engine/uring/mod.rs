@@ -239,6 +239,7 @@ impl Engine {
                         results,
                         slots: Vec::new(),
                         free: Vec::new(),
+                        bufs: Vec::new(),
                         queued: VecDeque::new(),
                         in_flight: 0,
                         max_in_flight,
@@ -404,6 +405,8 @@ struct Worker {
     slots: Vec<Option<Box<Slot>>>,
     /// Free slot indexes.
     free: Vec<u32>,
+    /// Receive buffers for reuse (see [`BUF_POOL`]).
+    bufs: Vec<Vec<u8>>,
     /// Jobs waiting for an in-flight slot.
     queued: VecDeque<Job>,
     /// Slots in use.
@@ -422,6 +425,11 @@ struct Worker {
 
 /// Most idle keep-alive connections a worker parks (each holds a socket).
 const POOL_MAX: usize = 4096;
+/// Receive buffers kept for reuse per worker (each `slot::RECV_CHUNK` bytes, so at most
+/// 1 MiB): a new 16 KiB buffer per probe was allocated and zeroed every time. A probe
+/// finishing hands its buffer to the next one starting, so a few suffice.
+const BUF_POOL: usize = 64;
+
 /// Idle connections older than this are closed instead of reused.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
@@ -535,7 +543,12 @@ impl Worker {
             None
         };
         let slot = match Slot::new(job, pooled) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                if let Some(b) = self.bufs.pop() {
+                    s.set_inbuf(b);
+                }
+                s
+            }
             Err(result) => {
                 self.stats.socket_errors.fetch_add(1, Ordering::Relaxed);
                 self.finish_result(*result);
@@ -623,6 +636,10 @@ impl Worker {
                 if self.pool.len() < POOL_MAX {
                     self.pool.insert(slot.job().spec.id.clone(), idle);
                 }
+            }
+            let buf = slot.take_inbuf();
+            if buf.len() == slot::RECV_CHUNK && self.bufs.len() < BUF_POOL {
+                self.bufs.push(buf);
             }
             let r = slot.take_result();
             // Close the probe's socket before its result is announced: whoever gets

@@ -52,7 +52,7 @@ const TAG_RECV: u8 = 3;
 const TAG_TIMEOUT: u8 = 4;
 
 /// Bytes read per receive.
-const RECV_CHUNK: usize = 16 * 1024;
+pub(super) const RECV_CHUNK: usize = 16 * 1024;
 
 /// The next operation a probe needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,6 +364,19 @@ impl Slot {
                 self.fd = None;
             }
         }
+    }
+
+    /// Hand the receive buffer over (to the worker's pool); only once the slot has no
+    /// operation left in the kernel.
+    pub(super) fn take_inbuf(&mut self) -> Vec<u8> {
+        debug_assert_eq!(self.outstanding, 0);
+        std::mem::take(&mut self.inbuf)
+    }
+
+    /// Receive into `buf` (a pooled buffer, already sized: no allocation, no zeroing).
+    /// Only bytes a receive returned are ever read from it.
+    pub(super) fn set_inbuf(&mut self, buf: Vec<u8>) {
+        self.inbuf = buf;
     }
 
     /// Whether the probe must run again on a fresh connection.
