@@ -28,6 +28,7 @@
 #      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp/udp, default 16384),
 #      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
+#      ZMAP_THREADS (zmap -T, default 1 as in ../shared/bench/peers.sh),
 #      PEERS (0: only sonde in the syn/icmp/udp rows, e.g. ONLY="syn syn syn" to compare
 #      builds), SONDE_RATE (cap sonde's syn/icmp/udp probes/s: at a rate below the machine's
 #      limit, machine CPU % compares the cost per probe of two builds), SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
@@ -44,6 +45,7 @@ RATE=${RATE:-1000000}
 INFLIGHT=${INFLIGHT:-4096}
 INFLIGHT_RAW=${INFLIGHT_RAW:-16384}
 ONLY=${ONLY:-syn icmp udp connect http http-keepalive}
+ZMAP_THREADS=${ZMAP_THREADS:-1}  # zmap send threads (-T); 1 as in the shared peers script
 PEERS=${PEERS:-1}         # 0: sonde's rows only (syn, icmp, udp), for A/B runs of sonde builds
 SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
 HTTP_PORT=8080
@@ -322,7 +324,7 @@ sonde() {  # WORK PORT INFLIGHT
 zmap_run() {  # NAME KIND ARGS...
   local name=$1 kind=$2; shift 2
   run "$name" "$kind" zmap -i vp0 -G "$(gwmac)" -S 198.18.0.1 -r "$RATE" -P 100 -t "$DUR" -c 1 \
-    -b /dev/null -T 1 -q -o /dev/null -m "$LOGS/$name.meta.json" "$@" "$TARGETS"
+    -b /dev/null -T "$ZMAP_THREADS" -q -o /dev/null -m "$LOGS/$name.meta.json" "$@" "$TARGETS"
 }
 
 work_syn() {
