@@ -408,6 +408,11 @@ fn daemon_families(w: &mut Writer, input: &MetricsInput) {
             e.socket_errors,
         ),
         (
+            "sonde_engine_ring_sockets_total",
+            "TCP connect sockets made by io_uring as direct descriptors (no fd).",
+            e.ring_sockets,
+        ),
+        (
             "sonde_engine_submits_total",
             "io_uring_enter calls.",
             e.submits,

@@ -89,6 +89,7 @@ fn input() -> MetricsInput {
             socket_errors: 2,
             submits: 30,
             completions: 40,
+            ring_sockets: 3,
         },
         budget: BudgetStats {
             admitted: 5,

@@ -29,7 +29,7 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use io_uring::{opcode, squeue, types, IoUring};
 use serde::Serialize;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::{
     slot::{Op, Slot},
@@ -115,6 +115,8 @@ pub struct EngineStats {
     pub submits: AtomicU64,
     /// Completions reaped.
     pub completions: AtomicU64,
+    /// TCP connect sockets made by the ring as direct descriptors (no syscall, no fd).
+    pub ring_sockets: AtomicU64,
 }
 
 /// A plain snapshot of [`EngineStats`].
@@ -132,6 +134,8 @@ pub struct EngineCounters {
     pub submits: u64,
     /// Completions reaped.
     pub completions: u64,
+    /// Sockets made by the ring as direct descriptors.
+    pub ring_sockets: u64,
 }
 
 impl EngineStats {
@@ -143,6 +147,7 @@ impl EngineStats {
             finished: self.finished.load(Ordering::Relaxed),
             delayed_in_flight: self.delayed_in_flight.load(Ordering::Relaxed),
             socket_errors: self.socket_errors.load(Ordering::Relaxed),
+            ring_sockets: self.ring_sockets.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             completions: self.completions.load(Ordering::Relaxed),
         }
@@ -233,6 +238,16 @@ impl Engine {
                             return;
                         }
                     };
+                    // Direct descriptors for TCP connect: socket(2), setsockopt(2) and
+                    // close(2) move into the ring (Linux 5.19 for the socket, 6.7 for
+                    // socket options; the first refusal turns it off). The table's
+                    // entries count against RLIMIT_NOFILE: if it is too low, plain
+                    // sockets it is.
+                    let direct = max_in_flight <= u32::MAX as usize
+                        && ring
+                            .submitter()
+                            .register_files_sparse(max_in_flight as u32)
+                            .is_ok();
                     let mut w = Worker {
                         ring,
                         rx,
@@ -240,6 +255,7 @@ impl Engine {
                         slots: Vec::new(),
                         free: Vec::new(),
                         bufs: Vec::new(),
+                        direct,
                         queued: VecDeque::new(),
                         in_flight: 0,
                         max_in_flight,
@@ -407,6 +423,9 @@ struct Worker {
     free: Vec<u32>,
     /// Receive buffers for reuse (see [`BUF_POOL`]).
     bufs: Vec<Vec<u8>>,
+    /// TCP connect probes run on direct descriptors (a fixed-file table of
+    /// `max_in_flight` entries is registered; see `Slot::entries`).
+    direct: bool,
     /// Jobs waiting for an in-flight slot.
     queued: VecDeque<Job>,
     /// Slots in use.
@@ -542,7 +561,7 @@ impl Worker {
         } else {
             None
         };
-        let slot = match Slot::new(job, pooled) {
+        let slot = match Slot::new(job, pooled, self.direct) {
             Ok(mut s) => {
                 if let Some(b) = self.bufs.pop() {
                     s.set_inbuf(b);
@@ -568,6 +587,17 @@ impl Worker {
                 let slot = self.slots[idx as usize].as_mut().expect("live slot");
                 slot.entries(idx, op)
             };
+            // A linked chain must not be split between two submissions.
+            let room = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room < count {
+                if let Err(err) = self.ring.submit() {
+                    warn!(error = %err, "io_uring submit failed while the queue was full");
+                }
+                self.stats.submits.fetch_add(1, Ordering::Relaxed);
+            }
             for e in entry.iter().take(count) {
                 self.push(e);
             }
@@ -600,6 +630,9 @@ impl Worker {
                     continue;
                 };
                 slot.outstanding = slot.outstanding.saturating_sub(1);
+                if tag == slot::TAG_SOCKET && res >= 0 {
+                    self.stats.ring_sockets.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut ops = Vec::new();
                 slot.complete(tag, res, &mut ops);
                 if !ops.is_empty() {
@@ -617,7 +650,23 @@ impl Worker {
         if !done {
             return;
         }
+        // A direct socket is closed through the ring; the slot (its fixed-file index)
+        // is freed when that completes.
+        let close = self.slots[idx as usize]
+            .as_mut()
+            .and_then(|s| s.take_close());
+        if let Some(close) = close {
+            self.push(&close);
+            if let Some(s) = self.slots[idx as usize].as_mut() {
+                s.outstanding += 1;
+            }
+            return;
+        }
         if let Some(mut slot) = self.slots[idx as usize].take() {
+            if slot.direct_unsupported() && self.direct {
+                info!("sockets through io_uring unsupported: TCP connect probes use plain sockets");
+                self.direct = false;
+            }
             self.free.push(idx);
             self.in_flight -= 1;
             if slot.wants_retry() {

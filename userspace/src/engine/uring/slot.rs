@@ -50,6 +50,9 @@ const TAG_CONNECT: u8 = 1;
 const TAG_SEND: u8 = 2;
 const TAG_RECV: u8 = 3;
 const TAG_TIMEOUT: u8 = 4;
+pub(super) const TAG_SOCKET: u8 = 5;
+const TAG_SOCKOPT: u8 = 6;
+const TAG_CLOSE: u8 = 7;
 
 /// Bytes read per receive.
 pub(super) const RECV_CHUNK: usize = 16 * 1024;
@@ -143,6 +146,18 @@ pub(super) struct Slot {
     /// A reused connection was found closed before any answer: run the probe again
     /// on a fresh connection (not a verdict on the target).
     retry: bool,
+    /// TCP connect on an io_uring direct descriptor (fixed-file slot = the probe's
+    /// slot index): socket, SO_LINGER, connect and close all go through the ring, no
+    /// syscall and no fd-table entry per probe. `Some` once the first operations were
+    /// built.
+    direct: Option<u32>,
+    /// The direct socket exists and is not closed yet.
+    direct_open: bool,
+    /// The kernel refused sockets or socket options through the ring (before Linux
+    /// 5.19 or 6.7): run the probe again with a plain socket, and tell the worker.
+    direct_unsupported: bool,
+    /// SO_LINGER {on, 0}, referenced by the direct path's setsockopt SQE.
+    linger: libc::linger,
 }
 
 /// An idle keep-alive connection of one HTTP(S) check, parked between probes.
@@ -206,7 +221,11 @@ fn local(detail: String) -> Reason {
 impl Slot {
     /// Prepare a probe: its socket, address and deadline. A probe that cannot start
     /// (no socket: fd limit) yields its failed result instead.
-    pub(super) fn new(job: Job, pooled: Option<Idle>) -> Result<Box<Slot>, Box<CheckResult>> {
+    pub(super) fn new(
+        job: Job,
+        pooled: Option<Idle>,
+        direct: bool,
+    ) -> Result<Box<Slot>, Box<CheckResult>> {
         let started = sys::monotonic_now();
         let spec = &job.spec;
         let target = std::net::SocketAddr::new(spec.target.addr, spec.target.port);
@@ -242,27 +261,33 @@ impl Slot {
         };
         let mut kind = kind;
         let reused = pooled.is_some();
-        let fd = if let Some(idle) = pooled {
+        let direct = direct && matches!(kind, Kind::Connect) && !reused;
+        let fd = if direct {
+            None
+        } else if let Some(idle) = pooled {
             if let Kind::Http(h) = &mut kind {
                 h.tls = idle.tls;
             }
-            idle.fd
+            Some(idle.fd)
         } else {
             match sys::socket(&target, sock_type) {
-                Ok(fd) => fd,
+                Ok(fd) => Some(fd),
                 Err(e) => {
                     let r = local(format!("socket: {e}"));
                     return Err(Box::new(result_of(&job, started, r, Phases::default())));
                 }
             }
         };
-        if sock_type == libc::SOCK_STREAM && !reused {
-            sys::linger_zero(&fd);
+        if let Some(fd) = fd
+            .as_ref()
+            .filter(|_| sock_type == libc::SOCK_STREAM && !reused)
+        {
+            sys::linger_zero(fd);
         }
         let deadline = sys::abs_timespec(started + spec.timeout);
         Ok(Box::new(Slot {
             addr: SockAddr::new(target),
-            fd: Some(fd),
+            fd,
             deadline,
             started,
             phases: Phases::default(),
@@ -275,12 +300,22 @@ impl Slot {
             reused,
             keep: false,
             retry: false,
+            direct: direct.then_some(u32::MAX),
+            direct_open: false,
+            direct_unsupported: false,
+            linger: libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
             job,
         }))
     }
 
     /// The first operations of the probe.
-    pub(super) fn first_ops(&mut self, _idx: u32, ops: &mut Vec<Op>) {
+    pub(super) fn first_ops(&mut self, idx: u32, ops: &mut Vec<Op>) {
+        if self.direct.is_some() {
+            self.direct = Some(idx);
+        }
         match self.kind {
             Kind::Http(_) if self.reused => self.http_reuse(ops),
             Kind::Connect | Kind::Http(_) => ops.push(Op::Connect),
@@ -299,11 +334,45 @@ impl Slot {
         }
     }
 
-    /// The SQEs for `op`: the operation linked to the deadline timeout.
-    pub(super) fn entries(&mut self, idx: u32, op: Op) -> ([squeue::Entry; 2], usize) {
+    /// The SQEs for `op`: the operation linked to the deadline timeout (a direct
+    /// connect: socket, setsockopt and connect linked, then the timeout). The
+    /// entries of one call must be submitted together.
+    pub(super) fn entries(&mut self, idx: u32, op: Op) -> ([squeue::Entry; 4], usize) {
+        let nop = opcode::Nop::new().build();
+        let timeout = opcode::LinkTimeout::new(&raw const self.deadline)
+            .flags(types::TimeoutFlags::ABS)
+            .build()
+            .user_data(encode(idx, TAG_TIMEOUT));
+        if let (Some(slot), Op::Connect) = (self.direct, op) {
+            let domain = if self.job.spec.target.addr.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            let socket = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+                .file_index(types::DestinationSlot::try_from_slot_target(slot).ok())
+                .build()
+                .user_data(encode(idx, TAG_SOCKET))
+                .flags(squeue::Flags::IO_LINK);
+            let linger = opcode::SetSockOpt::new(
+                types::Fixed(slot),
+                libc::SOL_SOCKET as u32,
+                libc::SO_LINGER as u32,
+                (&raw const self.linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+            .build()
+            .user_data(encode(idx, TAG_SOCKOPT))
+            .flags(squeue::Flags::IO_LINK);
+            let connect =
+                opcode::Connect::new(types::Fixed(slot), self.addr.as_ptr(), self.addr.len)
+                    .build()
+                    .user_data(encode(idx, TAG_CONNECT))
+                    .flags(squeue::Flags::IO_LINK);
+            return ([socket, linger, connect, timeout], 4);
+        }
         let Some(fd) = self.fd.as_ref() else {
-            let nop = opcode::Nop::new().build();
-            return ([nop.clone(), nop], 0);
+            return ([nop.clone(), nop.clone(), nop.clone(), nop], 0);
         };
         let fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(fd));
         let e = match op {
@@ -330,11 +399,30 @@ impl Slot {
                     .user_data(encode(idx, TAG_RECV))
             }
         };
-        let t = opcode::LinkTimeout::new(&raw const self.deadline)
-            .flags(types::TimeoutFlags::ABS)
-            .build()
-            .user_data(encode(idx, TAG_TIMEOUT));
-        ([e.flags(squeue::Flags::IO_LINK), t], 2)
+        (
+            [e.flags(squeue::Flags::IO_LINK), timeout, nop.clone(), nop],
+            2,
+        )
+    }
+
+    /// Once the verdict is in and nothing else is outstanding: the SQE closing the
+    /// probe's direct socket (SO_LINGER 0, so the close resets it, as for a plain one).
+    pub(super) fn take_close(&mut self) -> Option<squeue::Entry> {
+        if !self.direct_open || self.outstanding != 0 || self.verdict.is_none() {
+            return None;
+        }
+        let slot = self.direct?;
+        self.direct_open = false;
+        Some(
+            opcode::Close::new(types::Fixed(slot))
+                .build()
+                .user_data(encode(slot, TAG_CLOSE)),
+        )
+    }
+
+    /// Whether the kernel refused socket options through the ring.
+    pub(super) fn direct_unsupported(&self) -> bool {
+        self.direct_unsupported
     }
 
     /// Whether the verdict is in.
@@ -443,11 +531,34 @@ impl Slot {
     }
 
     fn complete_op(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
-        if tag == TAG_TIMEOUT || self.verdict.is_some() {
+        if tag == TAG_SOCKET && res >= 0 {
+            // Whatever happens next, the direct socket exists and must be closed.
+            self.direct_open = true;
+            return;
+        }
+        if matches!(tag, TAG_SOCKET | TAG_SOCKOPT)
+            && matches!(-res, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTSOCK)
+            && self.verdict.is_none()
+        {
+            // The ring cannot make sockets (before Linux 5.19) or set their options
+            // (before 6.7): not a verdict on the target.
+            self.direct_unsupported = true;
+            self.retry = true;
+            self.decide(Reason::Local {
+                detail: "sockets through io_uring unsupported".into(),
+            });
+            return;
+        }
+        if matches!(tag, TAG_TIMEOUT | TAG_CLOSE) || self.verdict.is_some() {
+            return;
+        }
+        if tag == TAG_SOCKOPT && res >= 0 {
             return;
         }
         if res < 0 {
             let phase = match tag {
+                TAG_SOCKET => "socket",
+                TAG_SOCKOPT => "setsockopt",
                 TAG_CONNECT => "connect",
                 TAG_SEND => "send",
                 _ => self.recv_phase(),
