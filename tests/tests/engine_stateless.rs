@@ -163,7 +163,7 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
 /// the new address, not the remembered one.
 #[test]
 fn the_source_address_follows_a_route_change() {
-    use sonde::engine::sources::{SourceMemo, Sources};
+    use sonde::engine::sources::{SenderView, SourceMemo, Sources};
     if !lab::privileged_or_skip() {
         return;
     }
@@ -175,8 +175,8 @@ fn the_source_address_follows_a_route_change() {
     let target: std::net::IpAddr = "198.18.0.2".parse().expect("addr");
     let sources = lab.prober.run(Sources::new).expect("enter prober");
     let memo = SourceMemo::default();
-    let mut cache = Vec::new();
-    let local = |sources: &Sources, cache: &mut Vec<_>| {
+    let mut cache = SenderView::default();
+    let local = |sources: &Sources, cache: &mut SenderView| {
         lab.prober
             .run(|| sources.local_for(&memo, target, cache))
             .expect("enter prober")

@@ -74,6 +74,22 @@ impl SourceMemo {
     }
 }
 
+/// A sender's own view: its copy of the address list the memos index, and the
+/// sources it resolved in the current epoch by target address, so checks that share
+/// a target (or the first pass over many checks) ask the kernel once per target.
+#[derive(Default)]
+pub struct SenderView {
+    /// Copy of [`Sources`]' address list (append-only, so a copy stays valid).
+    addrs: Vec<IpAddr>,
+    /// Index of the source per target address, in epoch `epoch`.
+    by_target: std::collections::HashMap<IpAddr, u32, foldhash::fast::FixedState>,
+    /// The epoch `by_target` belongs to.
+    epoch: u32,
+}
+
+/// Most targets a [`SenderView`] remembers before it starts over.
+const VIEW_TARGETS: usize = 65_536;
+
 /// The local addresses probes leave from, and the routing epoch; shared by the
 /// stateless senders, polled by the collector.
 pub struct Sources {
@@ -121,9 +137,9 @@ impl Sources {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The local address for `target`, from `memo` when it was resolved in this epoch
-    /// (`cache` is the caller's copy of the address list, refreshed when it is short),
-    /// else asked of the kernel and remembered.
+    /// The local address for `target`: from `memo` when it was resolved in this epoch,
+    /// else from the sender's `view` (same epoch, same target), else asked of the
+    /// kernel; remembered in both.
     ///
     /// # Errors
     /// No route to `target`.
@@ -131,19 +147,23 @@ impl Sources {
         &self,
         memo: &SourceMemo,
         target: IpAddr,
-        cache: &mut Vec<IpAddr>,
+        view: &mut SenderView,
     ) -> io::Result<IpAddr> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let m = memo.0.load(Ordering::Relaxed);
         if m != 0 && m >> 16 == epoch {
-            let i = (m & 0xffff) as usize - 1;
-            if i >= cache.len() {
-                cache.clone_from(&self.addrs.lock());
+            if let Some(a) = self.address(m & 0xffff, target, view) {
+                return Ok(a);
             }
-            if let Some(a) = cache.get(i) {
-                if a.is_ipv4() == target.is_ipv4() {
-                    return Ok(*a);
-                }
+        }
+        if view.epoch != epoch || view.by_target.len() >= VIEW_TARGETS {
+            view.by_target.clear();
+            view.epoch = epoch;
+        }
+        if let Some(&n) = view.by_target.get(&target) {
+            if let Some(a) = self.address(n, target, view) {
+                memo.0.store(epoch << 16 | n, Ordering::Relaxed);
+                return Ok(a);
             }
         }
         let local = source_for(target)?;
@@ -160,10 +180,24 @@ impl Sources {
         };
         if let Some(i) = index {
             // i < MAX_ADDRS = 0xffff, so i + 1 fits 16 bits.
-            memo.0
-                .store(epoch << 16 | (i as u32 + 1), Ordering::Relaxed);
+            let n = i as u32 + 1;
+            memo.0.store(epoch << 16 | n, Ordering::Relaxed);
+            view.by_target.insert(target, n);
         }
         Ok(local)
+    }
+
+    /// Address number `n` (1-based) from the view's copy, refreshed when short; `None`
+    /// if unknown or of the other family than `target`.
+    fn address(&self, n: u32, target: IpAddr, view: &mut SenderView) -> Option<IpAddr> {
+        let i = (n as usize).checked_sub(1)?;
+        if i >= view.addrs.len() {
+            view.addrs.clone_from(&self.addrs.lock());
+        }
+        view.addrs
+            .get(i)
+            .copied()
+            .filter(|a| a.is_ipv4() == target.is_ipv4())
     }
 
     /// Read what rtnetlink announced since the last call; if anything (or if messages
@@ -273,7 +307,7 @@ mod tests {
     fn a_memo_is_used_within_its_epoch_and_resolved_again_after() {
         let s = Sources::new();
         let memo = SourceMemo::default();
-        let mut cache = Vec::new();
+        let mut cache = SenderView::default();
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert!(!memo.is_set());
         assert_eq!(s.local_for(&memo, lo, &mut cache).expect("route"), lo);
@@ -282,7 +316,14 @@ mod tests {
         assert_eq!(m >> 16, s.epoch());
         // From the memo: the caller's copy of the list is filled on first use.
         assert_eq!(s.local_for(&memo, lo, &mut cache).expect("memo"), lo);
-        assert_eq!(cache, vec![lo]);
+        assert_eq!(cache.addrs, vec![lo]);
+        // Another check on the same target takes the sender's answer, no kernel call.
+        let other = SourceMemo::default();
+        assert_eq!(s.local_for(&other, lo, &mut cache).expect("view"), lo);
+        assert_eq!(
+            other.0.load(Ordering::Relaxed),
+            memo.0.load(Ordering::Relaxed)
+        );
         s.advance();
         assert_ne!(memo.0.load(Ordering::Relaxed) >> 16, s.epoch());
         assert_eq!(s.local_for(&memo, lo, &mut cache).expect("route"), lo);

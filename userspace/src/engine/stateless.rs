@@ -40,7 +40,7 @@ use super::{
     answers::AnswerSource,
     raw::{v4_bytes, Batch, RawSender},
     result::{CheckResult, Phases, Reason},
-    sources::Sources,
+    sources::{SenderView, Sources},
     spec::ProbeSpec,
     uring::{sys::monotonic_now, EngineStats, Job},
     Clock,
@@ -219,7 +219,7 @@ pub fn spawn(
             stride: u16::try_from(senders).unwrap_or(1),
             next_port: cfg.port_lo + u16::try_from(i).unwrap_or(0),
             next_seq: u16::try_from(i).unwrap_or(0),
-            local_addrs: Vec::new(),
+            local_addrs: SenderView::default(),
             batch: Batch::default(),
             keys: Vec::with_capacity(super::raw::BATCH),
             sent: Vec::with_capacity(super::raw::BATCH),
@@ -268,8 +268,8 @@ struct SenderThread {
     next_port: u16,
     /// Next ICMP sequence number (of this sender's residue class).
     next_seq: u16,
-    /// This sender's copy of the source-address list the checks' memos index.
-    local_addrs: Vec<IpAddr>,
+    /// This sender's view of the source addresses (see `sources::SenderView`).
+    local_addrs: SenderView,
     /// Packets being built.
     batch: Batch,
     /// The batch's probes (key and job), in packet order.
