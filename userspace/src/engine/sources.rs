@@ -9,8 +9,11 @@
 //! padding): an index into the few distinct local addresses seen, and the routing epoch
 //! it was resolved in. The epoch advances whenever the kernel announces a change of
 //! links, addresses, routes or rules (rtnetlink multicast, read by [`Sources::poll`]),
-//! so a memo is not used after the routing that made it changed. Without rtnetlink the
-//! epoch advances every [`FALLBACK_EPOCH`].
+//! so a memo is not used after the routing that made it changed: at once for links and
+//! addresses, within [`ROUTE_EPOCH`] for routes and rules. Without rtnetlink the epoch
+//! advances every [`FALLBACK_EPOCH`]. Each sender also remembers, per epoch, the source
+//! of each target it resolved ([`SenderView`]), so a new epoch costs one kernel lookup
+//! per target and sender, not one per check.
 
 use std::{
     io,
@@ -102,7 +105,30 @@ pub struct Sources {
     netlink: Option<OwnedFd>,
     /// When the epoch last advanced for lack of rtnetlink.
     fallback_since: Mutex<Instant>,
+    /// Route news not yet acted on, and when the epoch last advanced for news.
+    routes: Mutex<RouteNews>,
 }
+
+/// See [`Sources::poll`].
+#[derive(Default)]
+struct RouteNews {
+    /// Route or rule messages arrived since the epoch last advanced.
+    pending: bool,
+    /// When the epoch last advanced for news.
+    last: Option<Instant>,
+}
+
+/// What rtnetlink said since the last poll.
+#[derive(Clone, Copy, Default)]
+struct News {
+    /// Links or addresses changed, or messages were lost.
+    urgent: bool,
+    /// Routes or rules changed.
+    routes: bool,
+}
+
+/// Most one epoch per this for route and rule changes.
+pub const ROUTE_EPOCH: Duration = Duration::from_secs(1);
 
 impl Default for Sources {
     fn default() -> Self {
@@ -128,6 +154,7 @@ impl Sources {
             epoch: AtomicU32::new(1),
             netlink,
             fallback_since: Mutex::new(Instant::now()),
+            routes: Mutex::new(RouteNews::default()),
         }
     }
 
@@ -200,26 +227,47 @@ impl Sources {
             .filter(|a| a.is_ipv4() == target.is_ipv4())
     }
 
-    /// Read what rtnetlink announced since the last call; if anything (or if messages
-    /// were lost), start a new epoch, so every memo is resolved again. Returns whether
-    /// the epoch advanced. Cheap when nothing happened: one non-blocking `recv`.
+    /// Read what rtnetlink announced since the last call and start a new epoch if it
+    /// may change a source address, so every memo is resolved again: at once for links
+    /// and addresses (or lost messages), at most once per [`ROUTE_EPOCH`] for routes and
+    /// rules (a host fed routes by a BGP daemon changes some all the time). Returns
+    /// whether the epoch advanced. Cheap when nothing happened: one non-blocking `recv`.
     pub fn poll(&self) -> bool {
-        let changed = match &self.netlink {
+        let news = match &self.netlink {
             Some(fd) => drain_netlink(fd),
             None => {
                 let mut since = self.fallback_since.lock();
                 if since.elapsed() >= FALLBACK_EPOCH {
                     *since = Instant::now();
-                    true
+                    News {
+                        urgent: true,
+                        routes: false,
+                    }
                 } else {
-                    false
+                    News::default()
                 }
             }
         };
-        if changed {
-            self.advance();
+        self.note(news, Instant::now())
+    }
+
+    /// Advance the epoch for `news` seen at `now` (see [`Self::poll`]).
+    fn note(&self, news: News, now: Instant) -> bool {
+        let mut routes = self.routes.lock();
+        if news.routes {
+            routes.pending = true;
         }
-        changed
+        let due = routes.pending
+            && routes
+                .last
+                .is_none_or(|last| now.saturating_duration_since(last) >= ROUTE_EPOCH);
+        if news.urgent || due {
+            routes.pending = false;
+            routes.last = Some(now);
+            self.advance();
+            return true;
+        }
+        false
     }
 
     /// Start a new epoch: every memo is resolved again on its next use.
@@ -267,10 +315,11 @@ fn open_netlink() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Read every queued message; true if there was any, or if the socket overran.
-fn drain_netlink(fd: &OwnedFd) -> bool {
+/// Read every queued message and sort them: links and addresses are urgent, as is a
+/// socket that overran (messages lost); anything else counts as a route change.
+fn drain_netlink(fd: &OwnedFd) -> News {
     let mut buf = [0u8; 8192];
-    let mut any = false;
+    let mut news = News::default();
     loop {
         // SAFETY: valid fd and buffer of the stated size.
         let n = unsafe {
@@ -282,18 +331,41 @@ fn drain_netlink(fd: &OwnedFd) -> bool {
             )
         };
         if n > 0 {
-            any = true;
+            classify(&buf[..n as usize], &mut news);
             continue;
         }
         if n == 0 {
-            return any;
+            return news;
         }
-        return match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => any,
-            Some(libc::EINTR) => continue,
-            // ENOBUFS: messages were lost, so something changed.
-            _ => true,
-        };
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => return news,
+            Some(libc::EINTR) => {}
+            // ENOBUFS: messages were lost, so anything may have changed.
+            _ => {
+                news.urgent = true;
+                return news;
+            }
+        }
+    }
+}
+
+/// Sort the netlink messages in `buf` (headers: u32 length, u16 type, ...) into `news`.
+fn classify(buf: &[u8], news: &mut News) {
+    const HDR: usize = 16;
+    let mut off = 0;
+    while off + HDR <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        match kind {
+            libc::RTM_NEWLINK | libc::RTM_DELLINK | libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+                news.urgent = true;
+            }
+            _ => news.routes = true,
+        }
+        if len < HDR {
+            break;
+        }
+        off += len.div_ceil(4) * 4;
     }
 }
 
@@ -334,6 +406,57 @@ mod tests {
         let c = memo.clone();
         assert!(!c.is_set());
         assert_eq!(c, memo);
+    }
+
+    #[test]
+    fn route_news_start_at_most_one_epoch_a_second_address_news_at_once() {
+        let s = Sources::new();
+        let t0 = Instant::now();
+        let routes = News {
+            urgent: false,
+            routes: true,
+        };
+        let addrs = News {
+            urgent: true,
+            routes: false,
+        };
+        let e0 = s.epoch();
+        assert!(s.note(routes, t0), "the first route news acts at once");
+        assert!(!s.note(routes, t0 + Duration::from_millis(10)));
+        assert!(!s.note(News::default(), t0 + Duration::from_millis(900)));
+        // The held news acts once the second has passed, even without more news.
+        assert!(s.note(News::default(), t0 + Duration::from_millis(1000)));
+        assert!(!s.note(News::default(), t0 + Duration::from_millis(3000)));
+        // Addresses do not wait.
+        assert!(s.note(addrs, t0 + Duration::from_millis(3001)));
+        assert!(s.note(addrs, t0 + Duration::from_millis(3002)));
+        assert_eq!(s.epoch(), e0 + 4);
+    }
+
+    #[test]
+    fn netlink_messages_are_sorted_by_type() {
+        fn msg(kind: u16) -> Vec<u8> {
+            let mut m = vec![0u8; 20];
+            m[..4].copy_from_slice(&20u32.to_ne_bytes());
+            m[4..6].copy_from_slice(&kind.to_ne_bytes());
+            m
+        }
+        let mut n = News::default();
+        classify(
+            &[msg(libc::RTM_NEWROUTE), msg(libc::RTM_DELRULE)].concat(),
+            &mut n,
+        );
+        assert!(n.routes && !n.urgent);
+        let mut n = News::default();
+        classify(
+            &[msg(libc::RTM_NEWROUTE), msg(libc::RTM_DELADDR)].concat(),
+            &mut n,
+        );
+        assert!(n.routes && n.urgent);
+        // A truncated or zero-length header ends the walk.
+        let mut n = News::default();
+        classify(&[0u8; 10], &mut n);
+        assert!(!n.routes && !n.urgent);
     }
 
     #[test]
