@@ -240,8 +240,7 @@ pub struct Batch {
 /// The IPv4 identification after `id`, skipping 0. An IP_HDRINCL packet with id 0
 /// has the kernel pick one (`__ip_select_ident`: a shared, hashed counter, 3 % of
 /// the machine at 250k probes/s); probes are never fragmented, so any value does.
-#[must_use]
-pub fn next_ip_id(id: u16) -> u16 {
+fn next_ip_id(id: u16) -> u16 {
     id.wrapping_add(1).max(1)
 }
 

@@ -107,9 +107,10 @@ impl Deadlines {
     /// The earliest bucket whose tick has passed at `now`, if any.
     fn pop_due(&mut self, now: Duration) -> Option<Vec<StampKey>> {
         let (&tick, _) = self.buckets.first_key_value()?;
-        let due = u128::from(tick) * DEADLINE_TICK.as_nanos() <= now.as_nanos();
-        due.then(|| self.buckets.pop_first().map(|(_, keys)| keys))
-            .flatten()
+        if u128::from(tick) * DEADLINE_TICK.as_nanos() > now.as_nanos() {
+            return None;
+        }
+        self.buckets.pop_first().map(|(_, keys)| keys)
     }
 
     /// Give a bucket taken with [`Self::pop_due`] back for reuse.
@@ -219,7 +220,7 @@ pub fn spawn(
             stride: u16::try_from(senders).unwrap_or(1),
             next_port: cfg.port_lo + u16::try_from(i).unwrap_or(0),
             next_seq: u16::try_from(i).unwrap_or(0),
-            local_addrs: SenderView::default(),
+            sources: SenderView::default(),
             batch: Batch::default(),
             keys: Vec::with_capacity(super::raw::BATCH),
             sent: Vec::with_capacity(super::raw::BATCH),
@@ -269,7 +270,7 @@ struct SenderThread {
     /// Next ICMP sequence number (of this sender's residue class).
     next_seq: u16,
     /// This sender's view of the source addresses (see `sources::SenderView`).
-    local_addrs: SenderView,
+    sources: SenderView,
     /// Packets being built.
     batch: Batch,
     /// The batch's probes (key and job), in packet order.
@@ -314,11 +315,12 @@ impl SenderThread {
     fn build(&mut self, job: Job) {
         self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
         let target = job.spec.target.addr;
-        let local = match self.shared.sources.local_for(
-            &job.spec.target.source,
-            target,
-            &mut self.local_addrs,
-        ) {
+        let memo = &job.spec.target.source;
+        let found = self
+            .shared
+            .sources
+            .local_for(memo, target, &mut self.sources);
+        let local = match found {
             Ok(l) => l,
             Err(e) => {
                 let reason = Reason::Local {

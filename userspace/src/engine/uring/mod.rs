@@ -654,7 +654,7 @@ impl Worker {
         // is freed when that completes.
         let close = self.slots[idx as usize]
             .as_mut()
-            .and_then(|s| s.take_close());
+            .and_then(|s| s.take_close(idx));
         if let Some(close) = close {
             self.push(&close);
             if let Some(s) = self.slots[idx as usize].as_mut() {

@@ -148,9 +148,8 @@ pub(super) struct Slot {
     retry: bool,
     /// TCP connect on an io_uring direct descriptor (fixed-file slot = the probe's
     /// slot index): socket, SO_LINGER, connect and close all go through the ring, no
-    /// syscall and no fd-table entry per probe. `Some` once the first operations were
-    /// built.
-    direct: Option<u32>,
+    /// syscall and no fd-table entry per probe.
+    direct: bool,
     /// The direct socket exists and is not closed yet.
     direct_open: bool,
     /// The kernel refused sockets or socket options through the ring (before Linux
@@ -300,7 +299,7 @@ impl Slot {
             reused,
             keep: false,
             retry: false,
-            direct: direct.then_some(u32::MAX),
+            direct,
             direct_open: false,
             direct_unsupported: false,
             linger: libc::linger {
@@ -312,10 +311,7 @@ impl Slot {
     }
 
     /// The first operations of the probe.
-    pub(super) fn first_ops(&mut self, idx: u32, ops: &mut Vec<Op>) {
-        if self.direct.is_some() {
-            self.direct = Some(idx);
-        }
+    pub(super) fn first_ops(&mut self, _idx: u32, ops: &mut Vec<Op>) {
         match self.kind {
             Kind::Http(_) if self.reused => self.http_reuse(ops),
             Kind::Connect | Kind::Http(_) => ops.push(Op::Connect),
@@ -343,19 +339,19 @@ impl Slot {
             .flags(types::TimeoutFlags::ABS)
             .build()
             .user_data(encode(idx, TAG_TIMEOUT));
-        if let (Some(slot), Op::Connect) = (self.direct, op) {
+        if self.direct && op == Op::Connect {
             let domain = if self.job.spec.target.addr.is_ipv4() {
                 libc::AF_INET
             } else {
                 libc::AF_INET6
             };
             let socket = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
-                .file_index(types::DestinationSlot::try_from_slot_target(slot).ok())
+                .file_index(types::DestinationSlot::try_from_slot_target(idx).ok())
                 .build()
                 .user_data(encode(idx, TAG_SOCKET))
                 .flags(squeue::Flags::IO_LINK);
             let linger = opcode::SetSockOpt::new(
-                types::Fixed(slot),
+                types::Fixed(idx),
                 libc::SOL_SOCKET as u32,
                 libc::SO_LINGER as u32,
                 (&raw const self.linger).cast(),
@@ -365,7 +361,7 @@ impl Slot {
             .user_data(encode(idx, TAG_SOCKOPT))
             .flags(squeue::Flags::IO_LINK);
             let connect =
-                opcode::Connect::new(types::Fixed(slot), self.addr.as_ptr(), self.addr.len)
+                opcode::Connect::new(types::Fixed(idx), self.addr.as_ptr(), self.addr.len)
                     .build()
                     .user_data(encode(idx, TAG_CONNECT))
                     .flags(squeue::Flags::IO_LINK);
@@ -406,17 +402,17 @@ impl Slot {
     }
 
     /// Once the verdict is in and nothing else is outstanding: the SQE closing the
-    /// probe's direct socket (SO_LINGER 0, so the close resets it, as for a plain one).
-    pub(super) fn take_close(&mut self) -> Option<squeue::Entry> {
+    /// probe's direct socket in fixed-file slot `idx` (the slot index), SO_LINGER 0, so
+    /// the close resets it, as for a plain one.
+    pub(super) fn take_close(&mut self, idx: u32) -> Option<squeue::Entry> {
         if !self.direct_open || self.outstanding != 0 || self.verdict.is_none() {
             return None;
         }
-        let slot = self.direct?;
         self.direct_open = false;
         Some(
-            opcode::Close::new(types::Fixed(slot))
+            opcode::Close::new(types::Fixed(idx))
                 .build()
-                .user_data(encode(slot, TAG_CLOSE)),
+                .user_data(encode(idx, TAG_CLOSE)),
         )
     }
 
