@@ -233,9 +233,22 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
             got += 1;
         }
         if budget == 0 && got == 0 {
-            // Poll, never block on the channel: a blocked receiver would make the
-            // engine threads pay a futex wake per result.
-            std::thread::sleep(end.saturating_duration_since(now).min(POLL));
+            if closed_loop {
+                // A check's next probe waits for its result: wait on the channel, so
+                // it leaves as soon as the result is in (polling every 200 us cost
+                // the closed loop 10-20 % of its rate).
+                let wait = end.saturating_duration_since(now).min(POLL);
+                if let Ok(r) = results.recv_timeout(wait) {
+                    count(&mut t, &r, http);
+                    ready.push_back(r.seq + n);
+                    got += 1;
+                }
+            } else {
+                // Poll, never block on the channel: with thousands of probes in
+                // flight a blocked receiver would make the engine threads pay a
+                // futex wake per result.
+                std::thread::sleep(end.saturating_duration_since(now).min(POLL));
+            }
         }
         outstanding -= got;
     }

@@ -131,6 +131,17 @@ pub fn silent(ns: &Netns, addr: &str) -> Server {
     })
 }
 
+/// Accepts and never reads (its receive window fills up and stays shut), until the
+/// test ends.
+#[must_use]
+pub fn deaf(ns: &Netns, addr: &str) -> Server {
+    scripted(ns, addr, |_s, stop| {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
 /// Reads the request, then sends `bytes` one byte every `every` (slowloris).
 #[must_use]
 pub fn slowloris(ns: &Netns, addr: &str, bytes: &'static [u8], every: Duration) -> Server {

@@ -5,7 +5,8 @@
 //!
 //! - HTTP: slowloris (one byte per second), an endless header line, endless header
 //!   fields, a 16 GiB body and an endless chunked body (streamed, never buffered
-//!   beyond `max_body`), garbage, accept-and-never-answer, and a FIN or an RST before
+//!   beyond `max_body`), garbage, accept-and-never-answer, accept-and-never-read (a
+//!   request larger than the socket buffers), and a FIN or an RST before
 //!   any byte, mid-status line, mid-headers and mid-body;
 //! - HTTPS: a fatal alert, plaintext instead of TLS, FIN/RST before any byte and in
 //!   the middle of the handshake, then mid-status, mid-headers and mid-body after it,
@@ -218,6 +219,7 @@ fn http_targets_that_misbehave() {
             Arc::default(),
         ),
         hostile::silent(ns, "198.18.0.2:1007"),
+        hostile::deaf(ns, "198.18.0.2:1008"),
         hostile::cut(ns, "198.18.0.2:1010", b"", End::Fin),
         hostile::cut(ns, "198.18.0.2:1011", STATUS_CUT, End::Fin),
         hostile::cut(ns, "198.18.0.2:1012", HEADERS_CUT, End::Fin),
@@ -245,10 +247,17 @@ fn http_targets_that_misbehave() {
         ("rst-mid-headers", 1022),
         ("rst-mid-body", 1023),
     ];
-    let specs: Vec<_> = ids
+    let mut specs: Vec<_> = ids
         .iter()
         .map(|(id, port)| check(id, "198.18.0.2", *port, http_spec(None), T))
         .collect();
+    // A request larger than the socket buffers to a server that never reads: the
+    // first send goes out in part, the rest waits for a window that never opens.
+    let mut deaf = http_spec(None);
+    if let ProbeSpec::Http(h) = &mut deaf {
+        h.headers.push(("X-Pad".into(), "p".repeat(8 << 20)));
+    }
+    specs.push(check("deaf-huge-request", "198.18.0.2", 1008, deaf, T));
     let engine = start_engine(&lab);
     let res = run_timed(&engine, &specs);
     let closed = |phase| Want::Is(Reason::ConnectionClosed { phase });
@@ -267,6 +276,7 @@ fn http_targets_that_misbehave() {
         ("endless-chunked", Want::Is(Reason::Timeout)),
         ("garbage", Want::Protocol("at byte 0: not an HTTP response")),
         ("silent", Want::Is(Reason::Timeout)),
+        ("deaf-huge-request", Want::Is(Reason::Timeout)),
         ("fin-before-any-byte", closed("headers")),
         ("fin-mid-status", closed("headers")),
         ("fin-mid-headers", closed("headers")),

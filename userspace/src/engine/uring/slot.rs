@@ -63,6 +63,11 @@ pub(super) enum Op {
     Connect,
     Send,
     Recv,
+    /// Send everything queued and then receive, as one linked chain: the send does not
+    /// wait (a full socket buffer fails it with EAGAIN and the pair runs again one
+    /// operation at a time), the receive carries the deadline. One pass through the
+    /// worker and three completions instead of two passes and four.
+    SendRecv,
 }
 
 fn encode(idx: u32, tag: u8) -> u64 {
@@ -157,6 +162,13 @@ pub(super) struct Slot {
     direct_unsupported: bool,
     /// SO_LINGER {on, 0}, referenced by the direct path's setsockopt SQE.
     linger: libc::linger,
+    /// A receive is in the kernel (possibly linked behind a send).
+    recv_pending: bool,
+    /// The send of a linked send-and-receive is in the kernel.
+    linked_send: bool,
+    /// The linked send found the socket buffer full: once its receive reports the
+    /// cancellation, send again the plain way (with its own deadline).
+    resend: bool,
 }
 
 /// An idle keep-alive connection of one HTTP(S) check, parked between probes.
@@ -306,6 +318,9 @@ impl Slot {
                 l_onoff: 1,
                 l_linger: 0,
             },
+            recv_pending: false,
+            linked_send: false,
+            resend: false,
             job,
         }))
     }
@@ -323,7 +338,7 @@ impl Slot {
                     None => Ok(()),
                 };
                 match r {
-                    Ok(()) => ops.push(Op::Send),
+                    Ok(()) => ops.push(Op::SendRecv),
                     Err(e) => self.decide(errno_reason(e.raw_os_error().unwrap_or(0), "connect")),
                 }
             }
@@ -331,8 +346,9 @@ impl Slot {
     }
 
     /// The SQEs for `op`: the operation linked to the deadline timeout (a direct
-    /// connect: socket, setsockopt and connect linked, then the timeout). The
-    /// entries of one call must be submitted together.
+    /// connect: socket, setsockopt and connect linked, then the timeout; a send and
+    /// receive: both linked, then the timeout). The entries of one call must be
+    /// submitted together.
     pub(super) fn entries(&mut self, idx: u32, op: Op) -> ([squeue::Entry; 4], usize) {
         let nop = opcode::Nop::new().build();
         let timeout = opcode::LinkTimeout::new(&raw const self.deadline)
@@ -371,6 +387,28 @@ impl Slot {
             return ([nop.clone(), nop.clone(), nop.clone(), nop], 0);
         };
         let fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(fd));
+        if op == Op::SendRecv {
+            if self.inbuf.len() < RECV_CHUNK {
+                self.inbuf.resize(RECV_CHUNK, 0);
+            }
+            let rest = &self.out[self.out_off..];
+            let send = opcode::Send::new(
+                fd,
+                rest.as_ptr(),
+                u32::try_from(rest.len()).unwrap_or(u32::MAX),
+            )
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .build()
+            .user_data(encode(idx, TAG_SEND))
+            .flags(squeue::Flags::IO_LINK);
+            let recv = opcode::Recv::new(fd, self.inbuf.as_mut_ptr(), RECV_CHUNK as u32)
+                .build()
+                .user_data(encode(idx, TAG_RECV))
+                .flags(squeue::Flags::IO_LINK);
+            self.linked_send = true;
+            self.recv_pending = true;
+            return ([send, recv, timeout, nop], 3);
+        }
         let e = match op {
             Op::Connect => opcode::Connect::new(fd, self.addr.as_ptr(), self.addr.len)
                 .build()
@@ -386,10 +424,13 @@ impl Slot {
                 .build()
                 .user_data(encode(idx, TAG_SEND))
             }
+            // Not reached: handled above.
+            Op::SendRecv => return ([nop.clone(), nop.clone(), nop.clone(), nop], 0),
             Op::Recv => {
                 if self.inbuf.len() < RECV_CHUNK {
                     self.inbuf.resize(RECV_CHUNK, 0);
                 }
+                self.recv_pending = true;
                 opcode::Recv::new(fd, self.inbuf.as_mut_ptr(), RECV_CHUNK as u32)
                     .build()
                     .user_data(encode(idx, TAG_RECV))
@@ -510,7 +551,7 @@ impl Slot {
             None => self.out.extend_from_slice(&h.request),
         }
         h.request_queued = true;
-        ops.push(Op::Send);
+        ops.push(Op::SendRecv);
     }
 
     /// React to one completion; push follow-up operations into `ops`.
@@ -545,7 +586,23 @@ impl Slot {
             });
             return;
         }
+        if tag == TAG_RECV {
+            self.recv_pending = false;
+        }
+        let linked_send = tag == TAG_SEND && std::mem::take(&mut self.linked_send);
         if matches!(tag, TAG_TIMEOUT | TAG_CLOSE) || self.verdict.is_some() {
+            return;
+        }
+        if linked_send && res == -libc::EAGAIN {
+            // The socket buffer is full: its linked receive is being cancelled.
+            self.resend = true;
+            return;
+        }
+        if tag == TAG_RECV && self.resend {
+            // The cancelled receive of that pair: now send the plain way, which
+            // waits for room until the deadline, and receive after it.
+            self.resend = false;
+            ops.push(Op::Send);
             return;
         }
         if tag == TAG_SOCKOPT && res >= 0 {
@@ -567,7 +624,7 @@ impl Slot {
                 self.phases.connect = Some(self.elapsed());
                 match self.kind {
                     Kind::Connect => self.decide(Reason::Ok),
-                    Kind::Udp { .. } | Kind::Dns { .. } => ops.push(Op::Send),
+                    Kind::Udp { .. } | Kind::Dns { .. } => ops.push(Op::SendRecv),
                     Kind::Http(_) => self.http_connected(ops),
                 }
             }
@@ -576,7 +633,10 @@ impl Slot {
                 if self.out_off >= self.out.len() {
                     self.out.clear();
                     self.out_off = 0;
-                    ops.push(Op::Recv);
+                    // After a linked send the receive is already waiting.
+                    if !self.recv_pending {
+                        ops.push(Op::Recv);
+                    }
                 } else {
                     ops.push(Op::Send);
                 }
@@ -677,7 +737,7 @@ impl Slot {
                 h.request_queued = true;
             }
         }
-        ops.push(Op::Send);
+        ops.push(Op::SendRecv);
     }
 
     /// Bytes (or EOF when `n == 0`) arrived on an HTTP(S) connection.
@@ -748,7 +808,7 @@ impl Slot {
         }
         match verdict {
             Some(r) => self.decide(r),
-            None if !self.out.is_empty() => ops.push(Op::Send),
+            None if !self.out.is_empty() => ops.push(Op::SendRecv),
             None => ops.push(Op::Recv),
         }
     }
@@ -793,5 +853,151 @@ fn errno_reason(errno: i32, phase: &'static str) -> Reason {
         e => Reason::Local {
             detail: format!("{phase}: {}", std::io::Error::from_raw_os_error(e)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The send-and-receive chain, driven with the completions the kernel posts in
+    //! the cases a live target rarely produces (a full socket buffer, a short send).
+    //! No operation is submitted: the socket is made and never connected.
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        sync::Arc,
+    };
+
+    use super::*;
+    use crate::engine::spec::{CheckId, CheckSpec, HttpExpect, InitialState, Target, Thresholds};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn http_slot() -> Box<Slot> {
+        let spec = CheckSpec {
+            id: CheckId::new("web"),
+            target: Target {
+                host: "127.0.0.1".into(),
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 9,
+                source: Default::default(),
+            },
+            probe: ProbeSpec::Http(Box::new(HttpSpec {
+                method: "GET".into(),
+                path: "/health".into(),
+                host: None,
+                headers: Vec::new(),
+                proxy_protocol: None,
+                tls: None,
+                keepalive: false,
+                max_body: 4096,
+                expect: HttpExpect::default(),
+            })),
+            interval: Duration::from_secs(10),
+            fast_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            jitter: 0.0,
+            thresholds: Thresholds::Consecutive { rise: 1, fall: 1 },
+            initial: InitialState::Unknown,
+            labels: Default::default(),
+        };
+        let job = Job::new(Arc::new(spec), 1).expect("job");
+        let Ok(slot) = Slot::new(job, None, false) else {
+            panic!("slot");
+        };
+        slot
+    }
+
+    /// Connect completes: the request and its receive go out as one chain of three.
+    fn connected(s: &mut Slot) -> usize {
+        let mut ops = Vec::new();
+        s.first_ops(0, &mut ops);
+        assert_eq!(ops, [Op::Connect]);
+        ops.clear();
+        s.complete(TAG_CONNECT, 0, &mut ops);
+        assert_eq!(ops, [Op::SendRecv]);
+        let (_, n) = s.entries(0, Op::SendRecv);
+        assert_eq!(n, 3, "send, receive, deadline");
+        s.out.len()
+    }
+
+    fn answer(s: &mut Slot) {
+        s.inbuf[..OK.len()].copy_from_slice(OK);
+        let mut ops = Vec::new();
+        s.complete(TAG_RECV, OK.len() as i32, &mut ops);
+        assert!(ops.is_empty());
+        s.complete(TAG_TIMEOUT, -libc::ECANCELED, &mut ops);
+        assert!(ops.is_empty());
+        assert!(s.is_done());
+        assert_eq!(s.take_result().reason, Reason::Ok);
+    }
+
+    #[test]
+    fn a_whole_send_leaves_the_linked_receive_waiting() {
+        let mut s = http_slot();
+        let len = connected(&mut s);
+        let mut ops = Vec::new();
+        s.complete(TAG_SEND, len as i32, &mut ops);
+        assert!(ops.is_empty(), "the receive is already in the kernel");
+        answer(&mut s);
+    }
+
+    #[test]
+    fn a_full_socket_buffer_sends_again_the_plain_way() {
+        let mut s = http_slot();
+        let len = connected(&mut s);
+        let mut ops = Vec::new();
+        s.complete(TAG_SEND, -libc::EAGAIN, &mut ops);
+        assert!(
+            ops.is_empty() && !s.is_done(),
+            "no verdict on a full buffer"
+        );
+        // The link is broken: the receive and its deadline are cancelled.
+        s.complete(TAG_RECV, -libc::ECANCELED, &mut ops);
+        assert_eq!(
+            ops,
+            [Op::Send],
+            "not a timeout: send again, with a deadline"
+        );
+        assert!(!s.is_done());
+        ops.clear();
+        s.complete(TAG_TIMEOUT, -libc::ECANCELED, &mut ops);
+        assert!(ops.is_empty() && !s.is_done());
+        let (_, n) = s.entries(0, Op::Send);
+        assert_eq!(n, 2, "send and its deadline");
+        s.complete(TAG_SEND, len as i32, &mut ops);
+        assert_eq!(ops, [Op::Recv], "then receive");
+        ops.clear();
+        s.entries(0, Op::Recv);
+        s.complete(TAG_TIMEOUT, -libc::ECANCELED, &mut ops);
+        answer(&mut s);
+    }
+
+    #[test]
+    fn a_short_send_sends_the_rest_while_the_receive_waits() {
+        let mut s = http_slot();
+        let len = connected(&mut s);
+        let mut ops = Vec::new();
+        s.complete(TAG_SEND, 5, &mut ops);
+        assert_eq!(ops, [Op::Send], "the rest");
+        ops.clear();
+        s.entries(0, Op::Send);
+        s.complete(TAG_SEND, len as i32 - 5, &mut ops);
+        assert!(ops.is_empty(), "no second receive");
+        s.complete(TAG_TIMEOUT, -libc::ECANCELED, &mut ops);
+        answer(&mut s);
+    }
+
+    #[test]
+    fn a_failed_send_is_the_verdict_and_the_cancelled_receive_is_not() {
+        let mut s = http_slot();
+        connected(&mut s);
+        let mut ops = Vec::new();
+        s.complete(TAG_SEND, -libc::ECONNRESET, &mut ops);
+        s.complete(TAG_RECV, -libc::ECANCELED, &mut ops);
+        s.complete(TAG_TIMEOUT, -libc::ECANCELED, &mut ops);
+        assert!(ops.is_empty());
+        assert_eq!(
+            s.take_result().reason,
+            Reason::ConnectionClosed { phase: "send" }
+        );
     }
 }
