@@ -32,7 +32,11 @@
 #      PEERS (0: only sonde in the syn/icmp/udp rows, e.g. ONLY="syn syn syn" to compare
 #      builds), SONDE_RATE (cap sonde's syn/icmp/udp probes/s: at a rate below the machine's
 #      limit, machine CPU % compares the cost per probe of two builds), SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
-#      every HTTP tool, default 64), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
+#      every HTTP tool, default 64), XDP_RESETS=1 (sonde resets SYN-ACKs from XDP, the
+#      daemon's `xdp_reset`; default: the prober's TCP stack resets them, as for zmap),
+#      TARGET_XDP=1 (during the syn row the target's end of the veth runs a pass-everything
+#      XDP program, without which a veth drops what XDP sends back; zmap aborts on the
+#      send failures this lab then has at full rate, so use with PEERS=0 or SONDE_RATE), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
 #      198.19.0.0/16), NGINX_WORKERS (default 2), H2LOAD_N (requests h2load runs, since its -D
 #      mode never ends with Connection: close; default: as many as wrk did in DUR s just before).
 # Output: a table on stdout, bench/out/engine-<timestamp>.tsv, raw logs in bench/out/engine-<timestamp>/.
@@ -48,6 +52,7 @@ ONLY=${ONLY:-syn icmp udp connect http http-keepalive}
 ZMAP_THREADS=${ZMAP_THREADS:-1}  # zmap send threads (-T); 1 as in the shared peers script
 PEERS=${PEERS:-1}         # 0: sonde's rows only (syn, icmp, udp), for A/B runs of sonde builds
 SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
+TARGET_XDP=${TARGET_XDP:-0}  # 1: syn row with a pass-everything XDP program on vt0 (see README)
 HTTP_PORT=8080
 HTTP_ADDR=${HTTP_ADDR:-198.19.0.1}
 HTTP_MANY=${HTTP_MANY:-198.19.0.0/16}
@@ -68,12 +73,14 @@ NGINX=      # pid of nginx's timeout (process group of nginx's master and worker
 NGX=        # nginx's temp dir (config, pid file, error log, temp paths)
 SAMPLER=    # pid of the running sampler's timeout
 GROUP=      # process group of the running tool (its timeout's pid)
+PEER_XDP=   # pid of the xdp-peer holder (syn row)
 BG=0        # machine busy % just before the current run
 
 cleanup() {
   [ -z "$GROUP" ] || kill -KILL -- "-$GROUP" 2>/dev/null || true
   [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
   [ -z "$LISTENER" ] || kill "$LISTENER" 2>/dev/null || true
+  [ -z "$PEER_XDP" ] || kill -KILL "$PEER_XDP" 2>/dev/null || true
   nginx_stop
   ip netns del "$P" 2>/dev/null || true
   ip netns del "$T" 2>/dev/null || true
@@ -319,7 +326,8 @@ EOF
 
 sonde() {  # WORK PORT INFLIGHT
   run "sonde-$1" "$2" "$BIN" "$1" --duration "$DUR" --targets "$TARGETS" --port "$3" \
-    --inflight "$4" --threads 2 --iface vp0 ${SONDE_RATE:+--rate "$SONDE_RATE"}
+    --inflight "$4" --threads 2 --iface vp0 ${SONDE_RATE:+--rate "$SONDE_RATE"} \
+    ${XDP_RESETS:+--xdp-resets}
 }
 zmap_run() {  # NAME KIND ARGS...
   local name=$1 kind=$2; shift 2
@@ -327,13 +335,32 @@ zmap_run() {  # NAME KIND ARGS...
     -b /dev/null -T "$ZMAP_THREADS" -q -o /dev/null -m "$LOGS/$name.meta.json" "$@" "$TARGETS"
 }
 
+peer_xdp_start() {  # the pass-everything XDP program on vt0, for the syn row (see README)
+  [ "$TARGET_XDP" = 1 ] || return 0
+  inT timeout -s KILL 300 "$BIN" xdp-peer --iface vt0 --duration 290 --targets "$TARGETS" \
+    >"$LOGS/xdp-peer.log" 2>&1 &
+  PEER_XDP=$!
+  local i
+  for i in $(seq 50); do
+    inT ip -d link show vt0 | grep -q "prog/xdp" && return 0
+    sleep 0.1
+  done
+  echo "xdp-peer did not attach to vt0: $(cat "$LOGS/xdp-peer.log")" >&2; return 1
+}
+peer_xdp_stop() {
+  [ -z "$PEER_XDP" ] && return 0
+  kill -KILL "$PEER_XDP" 2>/dev/null || true; wait "$PEER_XDP" 2>/dev/null || true; PEER_XDP=
+}
 work_syn() {
+  peer_xdp_start
   sonde syn syn "$SYN_PORT" "$INFLIGHT_RAW"; row syn sonde sonde
-  [ "$PEERS" = 1 ] || return 0
-  zmap_run zmap-syn syn -p "$SYN_PORT"; row syn zmap zmap
-  run masscan-syn syn timeout -s INT "$DUR" masscan "$TARGETS" -p"$SYN_PORT" --infinite --rate "$RATE" \
-    --interface vp0 --adapter-ip 198.18.0.1 --router-mac "$(gwmac)" --adapter-port 61000 --wait 0
-  row syn masscan veth
+  if [ "$PEERS" = 1 ]; then
+    zmap_run zmap-syn syn -p "$SYN_PORT"; row syn zmap zmap
+    run masscan-syn syn timeout -s INT "$DUR" masscan "$TARGETS" -p"$SYN_PORT" --infinite --rate "$RATE" \
+      --interface vp0 --adapter-ip 198.18.0.1 --router-mac "$(gwmac)" --adapter-port 61000 --wait 0
+    row syn masscan veth
+  fi
+  peer_xdp_stop
 }
 work_icmp() {
   sonde icmp echo 0 "$INFLIGHT_RAW"; row icmp sonde sonde

@@ -96,12 +96,16 @@ fn http_probe(args: &Args, keepalive: bool) -> ProbeSpec {
 }
 
 /// Load, configure and attach the kernel programs; the engine gets the ring buffer.
-fn kernel(iface: &str) -> Result<(KernelProbes, StatelessParts)> {
+fn kernel(iface: &str, xdp_resets: bool) -> Result<(KernelProbes, StatelessParts)> {
     let cfg = new_config(PortRange::DEFAULT);
     let mut k = KernelProbes::load().context("loading the kernel programs")?;
     k.set_config(&cfg).context("writing the probe config")?;
     k.attach(iface)
         .with_context(|| format!("attaching to {iface}"))?;
+    // As the daemon with `xdp_reset`: SYN-ACKs reset from XDP, under the guard (see `run`).
+    if xdp_resets {
+        k.set_xdp_reset(true).context("resets from XDP")?;
+    }
     PortRange::DEFAULT
         .reserve()
         .context("reserving the probe ports")?;
@@ -149,6 +153,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         Work::Connect | Work::ConnectTokio => ProbeSpec::TcpConnect,
         Work::Http | Work::HttpHyper => http_probe(args, false),
         Work::HttpKeepalive => http_probe(args, true),
+        Work::XdpPeer => anyhow::bail!("xdp-peer measures nothing"),
     };
     let stateless = matches!(work, Work::Syn | Work::Icmp | Work::Udp);
     let http = work.is_http();
@@ -169,7 +174,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         VecDeque::new()
     };
     let (kprobes, parts) = if stateless {
-        let (k, p) = kernel(&args.iface)?;
+        let (k, p) = kernel(&args.iface, args.xdp_resets)?;
         (Some(k), Some(p))
     } else {
         (None, None)
@@ -193,10 +198,22 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
     let (t0, end) = (Instant::now(), Instant::now() + dur);
     let mut outstanding = 0u64;
     let results = engine.results();
+    let mut kprobes = kprobes;
+    let mut guard_at = Instant::now();
+    let mut reset_off: Option<String> = None;
     loop {
         let now = Instant::now();
         if now >= end {
             break;
+        }
+        if now >= guard_at {
+            // The daemon's guard of resets from XDP, once a second.
+            guard_at = now + Duration::from_secs(1);
+            if let Some(k) = kprobes.as_mut() {
+                if let Some(why) = k.check_xdp_reset().context("guarding resets from XDP")? {
+                    reset_off = Some(why);
+                }
+            }
         }
         let mut budget = args.inflight.saturating_sub(outstanding).min(1024);
         if let Some(rate) = args.rate {
@@ -274,6 +291,8 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         "checks": n,
         "closed_loop": closed_loop,
         "missing_results": outstanding,
+        "xdp_reset": kprobes.as_ref().map(|k| k.xdp_reset().on),
+        "xdp_reset_off": reset_off,
         "engine": engine.stats(),
         "kernel": kernel,
     });

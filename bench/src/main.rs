@@ -46,6 +46,10 @@ pub enum Work {
     /// Baseline: tokio + hyper 1 client, --inflight tasks, each looping a new
     /// connection, one GET --path with `Connection: close`, the body read and matched.
     HttpHyper,
+    /// Not a measurement: attach sonde's pass-everything XDP program to --iface and
+    /// hold it for --duration seconds (run in the target namespace on its end of the
+    /// veth, so the resets the prober's XDP program sends back arrive).
+    XdpPeer,
 }
 
 impl Work {
@@ -59,6 +63,7 @@ impl Work {
             Work::Http => "http",
             Work::HttpKeepalive => "http-keepalive",
             Work::HttpHyper => "http-hyper",
+            Work::XdpPeer => "xdp-peer",
         }
     }
 
@@ -107,6 +112,10 @@ pub struct Args {
     /// Substring the body of a healthy HTTP answer contains (status 200 is expected too).
     #[arg(long, default_value = "OK")]
     pub expect_body: String,
+    /// syn: reset SYN-ACKs from XDP (the daemon's `xdp_reset`, watched by its guard
+    /// once a second) instead of leaving them to the host's TCP stack.
+    #[arg(long)]
+    pub xdp_resets: bool,
 }
 
 /// What a run counted.
@@ -130,6 +139,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let addrs = targets::parse_cidr(&args.targets)?;
     let dur = Duration::from_secs(args.duration);
+    if args.work == Work::XdpPeer {
+        let _peer = sonde::ebpf::PeerPass::attach(&args.iface)
+            .map_err(|e| anyhow::anyhow!(sonde::ebpf::error_chain(&e)))?;
+        std::thread::sleep(dur);
+        return Ok(());
+    }
     let tally = match args.work {
         Work::ConnectTokio => tokio_run::run(&args, &addrs, dur)?,
         Work::HttpHyper => hyper_run::run(&args, &addrs, dur)?,

@@ -15,8 +15,13 @@ pub struct ProbeConfig {
     pub icmp_id: u16,
     /// Non-zero once userspace has written a valid config; until then every frame passes.
     pub enabled: u8,
-    /// Explicit padding so the struct has no uninitialised bytes.
-    pub _pad: u8,
+    /// Non-zero: the XDP program answers a SYN-ACK to a probe with the RST itself and
+    /// sends it back out of the interface (`XDP_TX`, see [`crate::reset`]); zero: it
+    /// passes the SYN-ACK to the host's TCP stack, which resets it (the default; it
+    /// works on every interface). Set by userspace when XDP_TX is known to deliver,
+    /// cleared when the interface drops what XDP sends (see `sonde::ebpf::ResetGuard`).
+    /// Also keeps the struct free of uninitialised bytes (it was padding).
+    pub xdp_reset: u8,
 }
 
 impl ProbeConfig {

@@ -12,9 +12,14 @@ pub mod counters;
 pub mod craft;
 pub mod parse;
 pub mod record;
+pub mod reset;
 
 /// Name of the XDP ingress program in the object file.
 pub const PROG_XDP: &str = "sonde_xdp";
+/// Name of the pass-everything XDP program for the far end of a veth pair (labs): a
+/// veth delivers what the other end's XDP program sends back (`XDP_TX`) only to a
+/// peer that runs an XDP program of its own.
+pub const PROG_XDP_PEER: &str = "sonde_xdp_peer";
 /// Name of the TC egress program in the object file.
 pub const PROG_TC_EGRESS: &str = "sonde_tc_egress";
 /// Array map (one [`config::ProbeConfig`]) written by userspace at load time.

@@ -88,6 +88,13 @@ fn ethernet<F: Frame + ?Sized>(f: &F) -> Result<(usize, u16), Malformed> {
     Ok((off, ethertype))
 }
 
+/// Offset of the L3 header (after the Ethernet header and at most two VLAN tags), or
+/// `None` for a frame too short to hold them.
+#[inline(always)]
+pub fn l3_offset<F: Frame + ?Sized>(f: &F) -> Option<usize> {
+    ethernet(f).ok().map(|(off, _)| off)
+}
+
 /// Which layer a malformed frame broke at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Malformed {

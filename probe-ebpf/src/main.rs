@@ -6,7 +6,9 @@
 //! - `sonde_xdp` (XDP, ingress): classifies answers to those probes (SYN-ACK, RST, echo
 //!   reply, ICMP error quoting a probe, UDP reply), validates the TCP cookie, computes the
 //!   kernel RTT against the egress stamp and hands a record to userspace through a ring
-//!   buffer. Consumed answers are dropped; everything else passes untouched.
+//!   buffer. Consumed answers are dropped; everything else passes untouched. A SYN-ACK
+//!   goes on to the host's TCP stack, which resets it, or, with `xdp_reset` set in the
+//!   config, is turned into that RST here and sent back out (`XDP_TX`).
 //!
 //! All parsing lives in `probe_common::parse` so it is unit-tested on the host; this file
 //! only binds it to packet memory, maps and verdicts. Every exit bumps one per-reason
@@ -22,7 +24,7 @@ use aya_ebpf::{
     bindings::{
         xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -30,8 +32,9 @@ use aya_ebpf::{
 use probe_common::{
     config::ProbeConfig,
     counters::{TcReason, XdpReason},
-    parse::{classify_egress, classify_into, Answer, Frame},
+    parse::{classify_egress, classify_into, l3_offset, Answer, Frame},
     record::{flags, AnswerClass, AnswerRecord, StampKey},
+    reset::{reset_headers, RESET_BUF},
     EVENTS_BYTES, EVENTS_WAKEUP_BYTES, STAMPS_CAPACITY,
 };
 
@@ -47,6 +50,10 @@ static STAMPS: LruHashMap<StampKey, u64> = LruHashMap::with_max_entries(STAMPS_C
 /// Scratch space for the answer being classified (too big for the BPF stack).
 #[map(name = "SONDE_SCRATCH")]
 static SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space for the headers of an RST built from a SYN-ACK.
+#[map(name = "SONDE_RESET")]
+static RESET: PerCpuArray<[u8; RESET_BUF]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SONDE_XDP_COUNTERS")]
 static XDP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpReason::COUNT, 0);
@@ -97,8 +104,12 @@ pub fn sonde_xdp(ctx: XdpContext) -> u32 {
     match reason {
         // A SYN-ACK to our probe goes on to the prober's own TCP stack, which holds no
         // socket on the probe's port and so resets it, as it does for zmap: the
-        // target keeps no half-open connection, and userspace sends no RST.
-        XdpReason::AnswerOpen => xdp_action::XDP_PASS,
+        // target keeps no half-open connection, and userspace sends no RST. With
+        // `xdp_reset`, the RST is built here and leaves at once.
+        XdpReason::AnswerOpen => match config() {
+            Some(cfg) if cfg.xdp_reset != 0 => xdp_reset(&ctx),
+            _ => xdp_action::XDP_PASS,
+        },
         XdpReason::BadCookie
         | XdpReason::RingFull
         | XdpReason::AnswerClosed
@@ -107,6 +118,64 @@ pub fn sonde_xdp(ctx: XdpContext) -> u32 {
         | XdpReason::AnswerUdp => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
+}
+
+/// Turn the SYN-ACK in `ctx` (classified into `SCRATCH`: an answer to our probe with
+/// a valid cookie) into the RST for it, in place, and send it back (`XDP_TX`): the
+/// frame is cut to its Ethernet header (MACs swapped, VLAN tags kept) and the reset's
+/// IP and TCP headers (`probe_common::reset`).
+#[inline(always)]
+fn xdp_reset(ctx: &XdpContext) -> u32 {
+    let failed = |action| {
+        bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
+        action
+    };
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let (Some(answer), Some(buf)) = (SCRATCH.get_ptr(0), RESET.get_ptr_mut(0)) else {
+        return failed(xdp_action::XDP_PASS);
+    };
+    // SAFETY: per-CPU slots, exclusively ours for the duration of this program run;
+    // SCRATCH holds the answer this run classified.
+    let (key, buf) = unsafe { (&(*answer).key, &mut *buf) };
+    let (Some(l3), Some(n), Some(macs)) = (
+        l3_offset(&pkt),
+        reset_headers(key, buf),
+        pkt.load::<[u8; 12]>(0),
+    ) else {
+        return failed(xdp_action::XDP_PASS);
+    };
+    let old = pkt.end - pkt.start;
+    let new = l3 + n;
+    if new > old || n > RESET_BUF {
+        return failed(xdp_action::XDP_PASS);
+    }
+    // SAFETY: shrinking the frame (delta <= 0) by the helper; packet pointers taken
+    // before are not used after it.
+    if new < old && unsafe { bpf_xdp_adjust_tail(ctx.ctx, (new as i32) - (old as i32)) } != 0 {
+        return failed(xdp_action::XDP_PASS);
+    }
+    let mut swapped = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        swapped[i] = macs[i + 6];
+        swapped[i + 6] = macs[i];
+        i += 1;
+    }
+    // SAFETY: the helper checks offset and length against the frame; both buffers
+    // are ours and at least `len` bytes long.
+    let stored = unsafe {
+        bpf_xdp_store_bytes(ctx.ctx, l3 as u32, buf.as_mut_ptr().cast(), n as u32) == 0
+            && bpf_xdp_store_bytes(ctx.ctx, 0, swapped.as_mut_ptr().cast(), 12) == 0
+    };
+    if !stored {
+        // The frame is cut already: nothing sensible is left to pass on.
+        return failed(xdp_action::XDP_DROP);
+    }
+    bump(&XDP_COUNTERS, XdpReason::ResetSent as u32);
+    xdp_action::XDP_TX
 }
 
 #[inline(always)]
@@ -186,6 +255,14 @@ fn xdp_classify(ctx: &XdpContext) -> XdpReason {
         AnswerClass::Unreachable => XdpReason::AnswerUnreachable,
         AnswerClass::UdpReply => XdpReason::AnswerUdp,
     }
+}
+
+/// Passes every frame. Not attached by sonde itself: labs attach it to the target's
+/// end of a veth pair, because a veth hands the frames its XDP program sends back
+/// (`XDP_TX`, the resets of `xdp_reset`) only to a peer with an XDP program.
+#[xdp]
+pub fn sonde_xdp_peer(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[classifier]

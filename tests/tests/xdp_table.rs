@@ -770,3 +770,106 @@ fn disabled_until_configured() {
     let d = k.counters().expect("counters").since(&before);
     assert_eq!(d.xdp(XdpReason::Disabled), 1);
 }
+
+const XDP_TX: u32 = 3;
+
+/// With `xdp_reset`, a SYN-ACK to a probe leaves again as the RST for it (`XDP_TX`):
+/// MACs swapped, VLAN tag kept, cut to the reset's headers, which are byte for byte
+/// what the probe builder makes of the RST the host's stack would send (seq = the
+/// SYN-ACK's ack, no ACK flag, window 0). Forged SYN-ACKs are still dropped, RSTs and
+/// other answers are unchanged, and without the flag SYN-ACKs pass to the stack.
+#[test]
+fn syn_acks_become_resets_in_xdp_when_asked() {
+    use probe_common::craft::{build, Eth, Ip, L4};
+    let Some(mut k) = load() else { return };
+    k.set_config(&probe_common::config::ProbeConfig {
+        xdp_reset: 1,
+        ..config()
+    })
+    .expect("set config");
+    for (us, them, vlan) in [
+        (v4(US4), v4(THEM4), None),
+        (v4(US4), v4(THEM4), Some(7)),
+        (v6(US6), v6(THEM6), None),
+        (v6(US6), v6(THEM6), Some(4094)),
+    ] {
+        let e = eth(vlan);
+        let (sport, dport) = (61_234, 443);
+        let ack = cookie_of(us, them, sport, dport).wrapping_add(1);
+        let answer = tcp_answer(Some(&e), us, them, sport, dport, SYN | ACK, ack);
+        let before = k.counters().expect("counters");
+        let (verdict, out) = k.run_xdp_out(&answer).expect("test run");
+        let d = k.counters().expect("counters").since(&before);
+        let what = format!("{us} -> {them}, vlan {vlan:?}");
+        assert_eq!(verdict, XDP_TX, "{what}");
+        assert_eq!(d.xdp(XdpReason::AnswerOpen), 1, "{what}: still recorded");
+        assert_eq!(d.xdp(XdpReason::ResetSent), 1, "{what}");
+        assert_eq!(d.xdp(XdpReason::ResetFailed), 0, "{what}");
+        let mut n = 0;
+        k.drain(|_| n += 1);
+        assert_eq!(n, 1, "{what}: one record");
+        let mut want = vec![0u8; 256];
+        let len = build(
+            &mut want,
+            Some(&Eth {
+                dst: e.src,
+                src: e.dst,
+                vlan,
+            }),
+            &Ip {
+                family: if us.is_ipv4() { 4 } else { 6 },
+                src: bytes(us),
+                dst: bytes(them),
+                ttl: 64,
+                id: 0,
+                options: &[],
+            },
+            &L4::Tcp {
+                sport,
+                dport,
+                seq: ack,
+                ack: 0,
+                flags: RST,
+                window: 0,
+                options: &[],
+            },
+        )
+        .expect("reset fits");
+        want.truncate(len);
+        assert_eq!(out, want, "{what}: the reset");
+        assert!(out.len() < answer.len(), "{what}: cut to the reset");
+    }
+    // A forged SYN-ACK (wrong cookie) gets no reset from us: dropped as before.
+    let forged = tcp_answer(
+        Some(&eth(None)),
+        v4(US4),
+        v4(THEM4),
+        61_000,
+        80,
+        SYN | ACK,
+        12345,
+    );
+    let before = k.counters().expect("counters");
+    assert_eq!(k.run_xdp(&forged).expect("test run"), XDP_DROP);
+    let d = k.counters().expect("counters").since(&before);
+    assert_eq!(d.xdp(XdpReason::BadCookie), 1);
+    assert_eq!(d.xdp(XdpReason::ResetSent), 0);
+    // A closed port's RST is recorded and dropped, not answered.
+    let ack = cookie_of(v4(US4), v4(THEM4), 61_000, 81).wrapping_add(1);
+    let rst = tcp_answer(
+        Some(&eth(None)),
+        v4(US4),
+        v4(THEM4),
+        61_000,
+        81,
+        RST | ACK,
+        ack,
+    );
+    assert_eq!(k.run_xdp(&rst).expect("test run"), XDP_DROP);
+    // Without the flag, the SYN-ACK goes to the host's stack untouched.
+    k.set_config(&config()).expect("set config");
+    let answer = syn_ack(v4(US4), v4(THEM4), 61_000, 80);
+    let (verdict, out) = k.run_xdp_out(&answer).expect("test run");
+    assert_eq!((verdict, out), (XDP_PASS, answer));
+    k.drain(|_| {});
+}

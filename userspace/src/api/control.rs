@@ -44,6 +44,9 @@ pub struct DaemonInfo {
     /// The per-target cap this node enforces now, probes/s (in cluster mode its share of
     /// the cluster-wide cap).
     pub per_target_pps: f64,
+    /// Resets from XDP (`[daemon] xdp_reset`), when the kernel programs are in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_reset: Option<crate::ebpf::XdpResetState>,
 }
 
 /// The outcome of a reload.

@@ -10,6 +10,7 @@
 //! iface = "eth0"            # interface the XDP/TC programs attach to (default: none)
 //! ports = "61000-61999"     # reserved source ports of stateless probes (this default)
 //! userspace = false         # time answers in userspace, without eBPF (default false)
+//! xdp_reset = false         # reset SYN-ACKs from XDP, watched for drops (default false)
 //! allow_targets = ["198.18.0.0/15"]  # checks may only probe these networks (default any)
 //! deny_targets = ["198.18.9.0/24"]   # and never these (wins over allow_targets)
 //! metrics_check_limit = 10000  # per-check /metrics series up to this many checks (this default)
@@ -142,6 +143,10 @@ pub struct DaemonSettings {
     pub ports: PortRange,
     /// Time answers in userspace instead of loading the kernel programs.
     pub userspace: bool,
+    /// The XDP program answers a SYN-ACK to a probe with its RST itself (`XDP_TX`)
+    /// instead of the host's TCP stack; turned off again by the daemon's guard if the
+    /// interface drops those frames (see `ebpf::reset`). For NICs with native XDP.
+    pub xdp_reset: bool,
     /// Networks checks may and may not probe.
     pub policy: policy::TargetPolicy,
     /// `/metrics` renders per-check series while the node runs at most this many
@@ -160,6 +165,7 @@ impl Default for DaemonSettings {
             iface: None,
             ports: PortRange::DEFAULT,
             userspace: false,
+            xdp_reset: false,
             policy: policy::TargetPolicy::default(),
             metrics_check_limit: METRICS_CHECK_LIMIT,
         }
@@ -354,6 +360,9 @@ fn daemon(ctx: &mut Ctx, t: &mut Table<'_>) -> DaemonSettings {
     }
     if let Some(u) = t.bool(ctx, "userspace") {
         d.userspace = u.v;
+    }
+    if let Some(x) = t.bool(ctx, "xdp_reset") {
+        d.xdp_reset = x.v;
     }
     d.policy.allow = networks(ctx, t, "allow_targets");
     d.policy.deny = networks(ctx, t, "deny_targets");

@@ -166,6 +166,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
                 probes.set_config(&probe_cfg).map_err(k)?;
                 let mode = probes.attach(dev).map_err(k)?;
                 info!(iface = %dev, ?mode, "kernel programs attached");
+                if daemon.xdp_reset {
+                    probes.set_xdp_reset(true).map_err(k)?;
+                }
                 let events = probes.take_events().context("ring buffer already taken")?;
                 stateless = Some(StatelessParts {
                     source: Box::new(events),
@@ -348,6 +351,13 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
     info!(socket = %opts.socket.display(), http = ?server.http_addr(), "API listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = tokio::spawn(server.run(Arc::clone(&control), stop_rx.clone()));
+    if shared
+        .kernel
+        .as_ref()
+        .is_some_and(|k| k.lock().xdp_reset().on)
+    {
+        tokio::spawn(guard_xdp_reset(Arc::clone(&shared), stop_rx.clone()));
+    }
     if let Some(c) = &opts.cluster {
         let etcd = crate::cluster::etcd::Etcd::connect(&c.endpoints, c.etcd.clone())
             .await
@@ -464,6 +474,35 @@ fn rescale_target_caps(shared: &Shared, live: usize) {
             );
         }
         Err(e) => warn!(error = %e, "per-target caps unchanged"),
+    }
+}
+
+/// The guard of resets from XDP (see `ebpf::reset`): once a second, until it turns
+/// them off or the daemon stops.
+async fn guard_xdp_reset(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(kernel) = shared.kernel.as_ref() else {
+            return;
+        };
+        let mut k = kernel.lock();
+        match k.check_xdp_reset() {
+            // The guard logs why it turned them off.
+            Ok(Some(_)) => return,
+            Ok(None) if !k.xdp_reset().on => return,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %ebpf::error_chain(&e), "cannot watch resets from XDP; turning them off");
+                if let Err(e) = k.set_xdp_reset(false) {
+                    warn!(error = %ebpf::error_chain(&e), "cannot turn resets from XDP off");
+                }
+                return;
+            }
+        }
     }
 }
 

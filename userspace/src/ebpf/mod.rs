@@ -7,6 +7,7 @@
 
 mod error;
 mod events;
+mod reset;
 mod testrun;
 
 use aya::{
@@ -21,7 +22,9 @@ use probe_common::{
     counters::{TcReason, XdpReason},
     record::AnswerRecord,
     MAP_CONFIG, MAP_EVENTS, MAP_TC_COUNTERS, MAP_XDP_COUNTERS, PROG_TC_EGRESS, PROG_XDP,
+    PROG_XDP_PEER,
 };
+pub use reset::{resets_dropped, tx_dropped, XdpResetState};
 use tracing::{info, warn};
 
 /// The eBPF object embedded at build time, if `cargo xtask build-ebpf` had run.
@@ -137,6 +140,10 @@ pub struct KernelProbes {
     events: Option<Events>,
     /// Interfaces we attached to, for logs and status.
     attached: Vec<(String, XdpAttachMode)>,
+    /// The configuration last written (see [`KernelProbes::set_config`]).
+    config: Option<ProbeConfig>,
+    /// Resets in XDP and their guard (see [`KernelProbes::set_xdp_reset`]).
+    reset: reset::Guard,
 }
 
 impl KernelProbes {
@@ -180,6 +187,8 @@ impl KernelProbes {
             ebpf,
             events: Some(Events(events)),
             attached: Vec::new(),
+            config: None,
+            reset: reset::Guard::default(),
         })
     }
 
@@ -201,7 +210,9 @@ impl KernelProbes {
         arr.set(0, cfg, 0).map_err(|source| KernelError::Map {
             map: MAP_CONFIG,
             source,
-        })
+        })?;
+        self.config = Some(*cfg);
+        Ok(())
     }
 
     /// Attach XDP (native, falling back to generic with the reason logged) and TC egress
@@ -313,6 +324,46 @@ impl KernelProbes {
     /// The loaded object, for test runs ([`testrun`]).
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+}
+
+/// The pass-everything XDP program ([`probe_common::PROG_XDP_PEER`]) attached to the
+/// far end of a veth pair, for labs and benchmarks: a veth delivers the frames its XDP
+/// program sends back (`XDP_TX`, resets from XDP) only to a peer that runs an XDP
+/// program. Detached when dropped.
+pub struct PeerPass {
+    /// Owns the program and its link.
+    _ebpf: Ebpf,
+}
+
+impl PeerPass {
+    /// Load the program and attach it to `iface` (native mode). Must run in the
+    /// network namespace that holds `iface`.
+    ///
+    /// # Errors
+    /// As [`KernelProbes::load`] and [`KernelProbes::attach`].
+    pub fn attach(iface: &str) -> Result<Self, KernelError> {
+        availability()?;
+        let bytes = object().ok_or(KernelError::NotEmbedded)?;
+        let mut ebpf = Ebpf::load(bytes).map_err(KernelError::Object)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_PEER)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: PROG_XDP_PEER,
+            })?;
+        xdp.load().map_err(|source| KernelError::Load {
+            program: PROG_XDP_PEER,
+            source,
+        })?;
+        xdp.attach(iface, XdpMode::Driver)
+            .map_err(|source| KernelError::Attach {
+                program: PROG_XDP_PEER,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        Ok(Self { _ebpf: ebpf })
     }
 }
 

@@ -13,6 +13,15 @@ impl KernelProbes {
     /// The program is missing or the kernel refused the test run (e.g. a frame shorter
     /// than an Ethernet header).
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<u32, KernelError> {
+        self.run_xdp_out(frame).map(|(verdict, _)| verdict)
+    }
+
+    /// Run the XDP program once on `frame`; returns its verdict and the frame as the
+    /// program left it (e.g. rewritten for `XDP_TX`).
+    ///
+    /// # Errors
+    /// As [`KernelProbes::run_xdp`].
+    pub fn run_xdp_out(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), KernelError> {
         let xdp: &mut Xdp = self
             .ebpf_mut()
             .program_mut(PROG_XDP)
@@ -32,7 +41,8 @@ impl KernelProbes {
             program: PROG_XDP,
             source,
         })?;
-        Ok(res.return_value)
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
     }
 }
 

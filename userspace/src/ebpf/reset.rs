@@ -1,0 +1,203 @@
+//! Resets sent from XDP: with [`ProbeConfig::xdp_reset`] the XDP program answers a
+//! SYN-ACK to a probe with its RST itself and sends it straight back out (`XDP_TX`),
+//! instead of passing the SYN-ACK up to the host's TCP stack to be reset there (the
+//! stack's receive and reset cost about a fifth of the machine per SYN probe here).
+//!
+//! `XDP_TX` is not delivered everywhere: a veth hands what its XDP program sends back
+//! only to a peer that runs an XDP program too, and drops it otherwise (counted in the
+//! interface's `tx_dropped`). So it is watched, not assumed: [`KernelProbes::check_xdp_reset`],
+//! called about once a second, compares the resets the program sent with what the
+//! attached interfaces dropped since the last call, and turns resets in XDP off for
+//! good (SYN-ACKs go to the host's stack again, the target's retransmitted SYN-ACKs are
+//! reset there) as soon as most were dropped. A reset lost meanwhile costs nothing but
+//! a retransmitted SYN-ACK: the answer was already recorded.
+//!
+//! [`ProbeConfig::xdp_reset`]: probe_common::config::ProbeConfig::xdp_reset
+
+use std::{ffi::CStr, io};
+
+use probe_common::counters::XdpReason;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{KernelError, KernelProbes};
+
+/// Where resets in XDP stand.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct XdpResetState {
+    /// The XDP program sends resets itself.
+    pub on: bool,
+    /// Why it does not (turned off by the guard, or not asked for).
+    pub off_reason: Option<String>,
+}
+
+/// What the guard remembers between two checks.
+#[derive(Debug, Default)]
+pub(super) struct Guard {
+    pub(super) state: XdpResetState,
+    /// Resets sent and frames the interfaces dropped at the last check.
+    last: Option<(u64, u64)>,
+}
+
+/// Whether the interfaces lost the resets: at least half of those sent since the last
+/// check were dropped (any other drops on the interface only make it stop early).
+#[must_use]
+pub fn resets_dropped(sent: u64, dropped: u64) -> bool {
+    sent > 0 && dropped.saturating_mul(2) >= sent
+}
+
+impl KernelProbes {
+    /// Turn resets in XDP on or off (see the module docs). Needs the configuration
+    /// written first ([`KernelProbes::set_config`]).
+    ///
+    /// # Errors
+    /// No configuration was written yet, or the config map cannot be written.
+    pub fn set_xdp_reset(&mut self, on: bool) -> Result<(), KernelError> {
+        let mut cfg = self.config.ok_or(KernelError::Missing {
+            kind: "configuration",
+            name: "probe config (set_config first)",
+        })?;
+        cfg.xdp_reset = u8::from(on);
+        self.set_config(&cfg)?;
+        self.reset.state = XdpResetState {
+            on,
+            off_reason: (!on).then(|| "turned off".to_owned()),
+        };
+        self.reset.last = None;
+        if on {
+            info!(ifaces = ?self.attached_names(), "SYN-ACKs are reset from XDP (XDP_TX), watched for drops");
+        }
+        Ok(())
+    }
+
+    /// Where resets in XDP stand.
+    #[must_use]
+    pub fn xdp_reset(&self) -> &XdpResetState {
+        &self.reset.state
+    }
+
+    /// The guard: call about once a second while resets in XDP are on. Turns them off
+    /// when the attached interfaces dropped at least half of the resets sent since the
+    /// last call, and returns why.
+    ///
+    /// # Errors
+    /// The counters or the config map cannot be read or written.
+    pub fn check_xdp_reset(&mut self) -> Result<Option<String>, KernelError> {
+        if !self.reset.state.on {
+            return Ok(None);
+        }
+        let sent = self.counters()?.xdp(XdpReason::ResetSent);
+        let mut dropped = 0;
+        let mut unreadable = None;
+        for iface in self.attached_names() {
+            match tx_dropped(&iface) {
+                Ok(n) => dropped += n,
+                Err(e) => unreadable = Some(format!("{iface}: {e}")),
+            }
+        }
+        let why = if let Some(e) = unreadable {
+            // What cannot be watched is not assumed to work.
+            format!(
+                "cannot read the link statistics ({e}), so drops of resets sent from XDP \
+                 would go unseen; SYN-ACKs are reset by the host's TCP stack from now on"
+            )
+        } else {
+            let Some((sent0, dropped0)) = self.reset.last.replace((sent, dropped)) else {
+                return Ok(None);
+            };
+            let (ds, dd) = (sent.saturating_sub(sent0), dropped.saturating_sub(dropped0));
+            if !resets_dropped(ds, dd) {
+                return Ok(None);
+            }
+            format!(
+                "{} dropped {dd} frames while XDP sent {ds} resets (a veth whose peer runs no \
+                 XDP program drops them all); SYN-ACKs are reset by the host's TCP stack from \
+                 now on",
+                self.attached_names().join(",")
+            )
+        };
+        self.set_xdp_reset(false)?;
+        warn!(reason = %why, "resets from XDP turned off");
+        self.reset.state.off_reason = Some(why.clone());
+        Ok(Some(why))
+    }
+
+    fn attached_names(&self) -> Vec<String> {
+        self.attached.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Frames `iface` dropped on transmit (`tx_dropped` of its link statistics, which a
+/// veth also counts its failed `XDP_TX` frames in), read through `getifaddrs` in the
+/// calling thread's network namespace (so the guard must run in the namespace of the
+/// attached interfaces, as the daemon does).
+///
+/// # Errors
+/// `getifaddrs` failed or `iface` has no link statistics.
+pub fn tx_dropped(iface: &str) -> io::Result<u64> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is an element of the list getifaddrs returned, not freed yet.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_data.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null address and name as getifaddrs returns them.
+        let (fam, name) = unsafe {
+            (
+                i32::from((*ifa.ifa_addr).sa_family),
+                CStr::from_ptr(ifa.ifa_name),
+            )
+        };
+        if fam != libc::AF_PACKET || name.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // For AF_PACKET entries ifa_data is a `struct rtnl_link_stats` (32-bit
+        // counters): rx/tx packets, rx/tx bytes, rx/tx errors, rx/tx dropped.
+        // SAFETY: that struct has at least these eight u32 fields.
+        let stats = unsafe { std::ptr::read_unaligned(ifa.ifa_data.cast::<[u32; 8]>()) };
+        found = Some(u64::from(stats[7]));
+        break;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no link statistics for {iface}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_or_more_dropped_turns_it_off() {
+        assert!(!resets_dropped(0, 0));
+        assert!(
+            !resets_dropped(0, 5),
+            "no reset sent: other drops say nothing"
+        );
+        assert!(!resets_dropped(1000, 0));
+        assert!(!resets_dropped(1000, 499));
+        assert!(resets_dropped(1000, 500));
+        assert!(resets_dropped(1, 1), "even one reset, if dropped");
+        assert!(resets_dropped(347_597, 347_597));
+    }
+
+    #[test]
+    fn loopback_has_link_statistics() {
+        assert!(tx_dropped("lo").is_ok());
+        let e = tx_dropped("no-such-if0").expect_err("unknown interface");
+        assert!(e.to_string().contains("no-such-if0"), "{e}");
+    }
+}
