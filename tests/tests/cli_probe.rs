@@ -6,10 +6,7 @@
 use std::{net::TcpListener, process::Output};
 
 use serde_json::Value;
-use sonde::{
-    ebpf,
-    lab::{self, Lab},
-};
+use sonde::lab::{self, Lab};
 use sonde_tests::{
     daemon::sonde_bin,
     servers::{http_server, HttpReply},
@@ -154,11 +151,7 @@ fn a_closed_port_is_refused_and_fails_the_command() {
 
 #[test]
 fn icmp_probes_are_timed_by_the_kernel() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

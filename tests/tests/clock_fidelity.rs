@@ -17,7 +17,7 @@ use probe_common::{
     record::{flags, AnswerClass, AnswerRecord},
 };
 use sonde::{
-    ebpf::{self, KernelProbes},
+    ebpf::KernelProbes,
     engine::{
         raw::{source_for, RawSender},
         round::new_config,
@@ -59,11 +59,7 @@ struct Sample {
 
 #[test]
 fn kernel_rtt_lies_inside_the_userspace_rtt_of_each_probe() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

@@ -75,11 +75,7 @@ fn cli(d: &Daemon, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn standalone_daemon_end_to_end() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = sonde::ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

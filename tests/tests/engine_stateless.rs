@@ -5,7 +5,7 @@
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use sonde::{
-    ebpf::{self, KernelProbes},
+    ebpf::KernelProbes,
     engine::{
         result::Reason,
         round::new_config,
@@ -19,11 +19,7 @@ use sonde_tests::{checks::check, servers::udp_echo};
 
 #[test]
 fn syn_and_icmp_through_the_engine_with_kernel_clock() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

@@ -163,11 +163,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn healthy_checks_keep_their_interval_next_to_hostile_targets() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = sonde::ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

@@ -28,7 +28,7 @@ use std::{
 
 use probe_common::{config::ProbeConfig, counters::XdpReason};
 use sonde::{
-    ebpf::{self, KernelProbes},
+    ebpf::KernelProbes,
     engine::{
         result::{CheckResult, Reason},
         round::new_config,
@@ -701,11 +701,7 @@ fn probe_under_spoofing(lab: &Lab, engine: &Engine, cfg: &ProbeConfig) -> Arc<Sp
 /// refused every spoofed TCP answer as a bad cookie.
 #[test]
 fn spoofed_answers_are_never_results() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let (lab, _open) = silent_lab();

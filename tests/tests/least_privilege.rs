@@ -193,11 +193,7 @@ fn run_case(user: Option<&str>) {
 
 #[test]
 fn drops_to_nobody_with_only_net_raw() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = sonde::ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     run_case(Some("nobody"));
@@ -205,11 +201,7 @@ fn drops_to_nobody_with_only_net_raw() {
 
 #[test]
 fn stays_root_with_only_net_raw() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = sonde::ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     run_case(None);

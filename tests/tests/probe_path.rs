@@ -10,7 +10,7 @@ use std::{
 use probe_common::counters::{TcReason, XdpReason};
 use sonde::{
     cli::{probe_session, AnswerPath},
-    ebpf::{self, XdpAttachMode},
+    ebpf::XdpAttachMode,
     engine::{Clock, Outcome, PortRange, ProbeKind},
     lab::{self, Lab},
 };
@@ -23,11 +23,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn syn_and_icmp_probes_through_the_kernel_path() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");

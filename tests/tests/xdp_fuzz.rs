@@ -83,11 +83,7 @@ impl Rng {
 }
 
 fn load() -> Option<KernelProbes> {
-    if !lab::privileged_or_skip() {
-        return None;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return None;
     }
     let mut k = KernelProbes::load().unwrap_or_else(|e| panic!("load: {}", ebpf::error_chain(&e)));

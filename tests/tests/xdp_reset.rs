@@ -12,7 +12,7 @@ use std::{
 
 use probe_common::counters::XdpReason;
 use sonde::{
-    ebpf::{self, KernelProbes, PeerPass},
+    ebpf::{KernelProbes, PeerPass},
     engine::{
         result::Reason,
         round::new_config,
@@ -99,6 +99,26 @@ fn check_guard(lab: &Lab, k: &mut KernelProbes) -> Option<String> {
         .expect("enter prober")
 }
 
+/// The pass-everything XDP program on the target's end of the veth, so that what the
+/// prober's XDP program sends back arrives.
+fn peer_pass(lab: &Lab) -> PeerPass {
+    let peer = lab.link.b.name.clone();
+    lab.target
+        .run(move || PeerPass::attach(&peer))
+        .expect("enter target")
+        .expect("XDP program on the target's end")
+}
+
+/// Wait (up to 8 s: the target retransmits its SYN-ACKs after 1 s, then 3 s) until the
+/// target holds no half-open connection.
+fn wait_no_half_open(lab: &Lab) {
+    let until = Instant::now() + Duration::from_secs(8);
+    while lab.target.syn_recv_count().expect("ss") > 0 {
+        assert!(Instant::now() < until, "half-open connections left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn listener(lab: &Lab) -> TcpListener {
     lab.target
         .run(|| TcpListener::bind("198.18.0.2:80"))
@@ -108,21 +128,12 @@ fn listener(lab: &Lab) -> TcpListener {
 
 #[test]
 fn resets_from_xdp_leave_no_half_open_connection() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
     let _l = listener(&lab);
-    let peer = lab.link.b.name.clone();
-    let _peer = lab
-        .target
-        .run(move || PeerPass::attach(&peer))
-        .expect("enter target")
-        .expect("XDP program on the target's end");
+    let _peer = peer_pass(&lab);
     let (engine, mut k) = setup(&lab);
     assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
     let (before, rsts0) = (k.counters().expect("counters"), stack_resets(&lab.prober));
@@ -149,11 +160,7 @@ fn resets_from_xdp_leave_no_half_open_connection() {
 
 #[test]
 fn the_guard_hands_syn_acks_back_to_the_stack_when_the_veth_drops_resets() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     // No XDP program on the target's end: the veth drops what XDP sends back.
@@ -176,11 +183,7 @@ fn the_guard_hands_syn_acks_back_to_the_stack_when_the_veth_drops_resets() {
     // 1 s) now reach the prober's stack, which resets them.
     assert!(lab.target.syn_recv_count().expect("ss") > 0);
     let rsts0 = stack_resets(&lab.prober);
-    let until = Instant::now() + Duration::from_secs(8);
-    while lab.target.syn_recv_count().expect("ss") > 0 {
-        assert!(Instant::now() < until, "half-open connections left");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_no_half_open(&lab);
     assert!(
         stack_resets(&lab.prober) > rsts0,
         "reset by the prober's stack"
@@ -230,21 +233,12 @@ fn daemon_in(lab: &Lab, tag: &str) -> (sonde_tests::daemon::Daemon, sonde_tests:
 /// the guard leaves them on, the check is healthy and the target half-open nowhere.
 #[test]
 fn the_daemon_resets_from_xdp_when_asked() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
     let _l = listener(&lab);
-    let peer = lab.link.b.name.clone();
-    let _peer = lab
-        .target
-        .run(move || PeerPass::attach(&peer))
-        .expect("enter target")
-        .expect("XDP program on the target's end");
+    let _peer = peer_pass(&lab);
     let (d, _dir) = daemon_in(&lab, "xdp-reset-on");
     d.wait_all(&["syn"], "healthy", Duration::from_secs(5));
     // A few guard rounds (one a second) with resets flowing.
@@ -265,11 +259,7 @@ fn the_daemon_resets_from_xdp_when_asked() {
 /// healthy throughout and no half-open connection is left.
 #[test]
 fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
@@ -293,10 +283,6 @@ fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
     assert!(d.log(&dir.0).contains("resets from XDP turned off"));
     let text = d.client().metrics().expect("metrics");
     assert_eq!(metric(&text, "sonde_xdp_reset_enabled", ""), Some(0.0));
-    let until = Instant::now() + Duration::from_secs(8);
-    while lab.target.syn_recv_count().expect("ss") > 0 {
-        assert!(Instant::now() < until, "half-open connections left");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_no_half_open(&lab);
     d.wait_all(&["syn"], "healthy", Duration::from_secs(1));
 }

@@ -38,11 +38,7 @@ struct Row {
 }
 
 fn load() -> Option<KernelProbes> {
-    if !lab::privileged_or_skip() {
-        return None;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return None;
     }
     let mut k = KernelProbes::load().unwrap_or_else(|e| panic!("load: {}", ebpf::error_chain(&e)));
@@ -753,11 +749,7 @@ fn egress_stamp_gives_kernel_rtt() {
 
 #[test]
 fn disabled_until_configured() {
-    if !lab::privileged_or_skip() {
-        return;
-    }
-    if let Err(e) = ebpf::availability() {
-        lab::skip_or_fail(&format!("kernel programs unavailable: {e}"));
+    if !lab::kernel_programs_or_skip() {
         return;
     }
     let mut k = KernelProbes::load().expect("load");

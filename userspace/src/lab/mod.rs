@@ -124,6 +124,22 @@ pub fn skip_or_fail(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
+/// Convenience for tests of the kernel programs: `true` when [`privileged_or_skip`]
+/// holds and the programs can be loaded ([`crate::ebpf::availability`]), otherwise
+/// calls [`skip_or_fail`] with the reason and returns `false`.
+pub fn kernel_programs_or_skip() -> bool {
+    if !privileged_or_skip() {
+        return false;
+    }
+    match crate::ebpf::availability() {
+        Ok(()) => true,
+        Err(e) => {
+            skip_or_fail(&format!("kernel programs unavailable: {e}"));
+            false
+        }
+    }
+}
+
 /// Convenience for tests: `true` when [`privileged`] holds, otherwise calls [`skip_or_fail`]
 /// and returns `false` (so the test can `return`).
 pub fn privileged_or_skip() -> bool {
