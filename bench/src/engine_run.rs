@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use probe_common::counters::{TcReason, XdpReason};
 use serde_json::{json, Value};
 use sonde::{
-    ebpf::{Counters, KernelProbes},
+    ebpf::{Counters, KernelProbes, ResetMode},
     engine::{
         result::{CheckResult, Reason},
         round::new_config,
@@ -96,16 +96,15 @@ fn http_probe(args: &Args, keepalive: bool) -> ProbeSpec {
 }
 
 /// Load, configure and attach the kernel programs; the engine gets the ring buffer.
-fn kernel(iface: &str, xdp_resets: bool) -> Result<(KernelProbes, StatelessParts)> {
+fn kernel(iface: &str, resets: &str) -> Result<(KernelProbes, StatelessParts)> {
     let cfg = new_config(PortRange::DEFAULT);
     let mut k = KernelProbes::load().context("loading the kernel programs")?;
     k.set_config(&cfg).context("writing the probe config")?;
     k.attach(iface)
         .with_context(|| format!("attaching to {iface}"))?;
-    // As the daemon with `xdp_reset`: SYN-ACKs reset from XDP, under the guard (see `run`).
-    if xdp_resets {
-        k.set_xdp_reset(true).context("resets from XDP")?;
-    }
+    // As the daemon's `syn_ack_reset` (with xdp, the guard runs in `run`).
+    let mode = ResetMode::parse(resets).context("--resets")?;
+    k.set_reset(mode).context("setting who resets SYN-ACKs")?;
     PortRange::DEFAULT
         .reserve()
         .context("reserving the probe ports")?;
@@ -174,7 +173,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         VecDeque::new()
     };
     let (kprobes, parts) = if stateless {
-        let (k, p) = kernel(&args.iface, args.xdp_resets)?;
+        let (k, p) = kernel(&args.iface, &args.resets)?;
         (Some(k), Some(p))
     } else {
         (None, None)
@@ -210,7 +209,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
             // The daemon's guard of resets from XDP, once a second.
             guard_at = now + Duration::from_secs(1);
             if let Some(k) = kprobes.as_mut() {
-                if let Some(why) = k.check_xdp_reset().context("guarding resets from XDP")? {
+                if let Some(why) = k.check_reset().context("guarding resets from XDP")? {
                     reset_off = Some(why);
                 }
             }
@@ -291,7 +290,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         "checks": n,
         "closed_loop": closed_loop,
         "missing_results": outstanding,
-        "xdp_reset": kprobes.as_ref().map(|k| k.xdp_reset().on),
+        "syn_ack_reset": kprobes.as_ref().map(|k| k.reset_state().mode.name()),
         "xdp_reset_off": reset_off,
         "engine": engine.stats(),
         "kernel": kernel,

@@ -112,10 +112,10 @@ pub struct Args {
     /// Substring the body of a healthy HTTP answer contains (status 200 is expected too).
     #[arg(long, default_value = "OK")]
     pub expect_body: String,
-    /// syn: reset SYN-ACKs from XDP (the daemon's `xdp_reset`, watched by its guard
-    /// once a second) instead of leaving them to the host's TCP stack.
-    #[arg(long)]
-    pub xdp_resets: bool,
+    /// syn: who resets the SYN-ACKs (the daemon's `syn_ack_reset`): tc (its default),
+    /// xdp (watched by its guard once a second) or stack.
+    #[arg(long, default_value = "tc", value_parser = ["tc", "xdp", "stack"])]
+    pub resets: String,
 }
 
 /// What a run counted.

@@ -138,7 +138,7 @@ fn control() -> MemoryControl {
         config_path: None,
         checks: 0,
         per_target_pps: 50.0,
-        xdp_reset: None,
+        syn_ack_reset: None,
     });
     let web = serde_json::json!({"id": "web-1", "target": "127.0.0.1:80", "kind": "tcp_connect", "labels": {"pool": "a"}});
     let spec = sonde::config::parse_check_json(&web, &sonde::config::Defaults::default())

@@ -75,7 +75,7 @@ pub fn probe_config() -> ProbeConfig {
         port_hi: 61999,
         icmp_id: 0x5d0e,
         enabled: 1,
-        xdp_reset: 0,
+        reset: 0,
     }
 }
 

@@ -15,13 +15,22 @@ pub struct ProbeConfig {
     pub icmp_id: u16,
     /// Non-zero once userspace has written a valid config; until then every frame passes.
     pub enabled: u8,
-    /// Non-zero: the XDP program answers a SYN-ACK to a probe with the RST itself and
-    /// sends it back out of the interface (`XDP_TX`, see [`crate::reset`]); zero: it
-    /// passes the SYN-ACK to the host's TCP stack, which resets it (the default; it
-    /// works on every interface). Set by userspace when XDP_TX is known to deliver,
-    /// cleared when the interface drops what XDP sends (see `sonde::ebpf::ResetGuard`).
-    /// Also keeps the struct free of uninitialised bytes (it was padding).
-    pub xdp_reset: u8,
+    /// Who answers a SYN-ACK to a probe with its RST ([`reset`]): the host's TCP stack
+    /// (the XDP program passes it on), the TC ingress program (rewrites it and sends it
+    /// back out of the interface, `bpf_redirect`) or the XDP program (`XDP_TX`). Also
+    /// keeps the struct free of uninitialised bytes (it was padding).
+    pub reset: u8,
+}
+
+/// Values of [`ProbeConfig::reset`].
+pub mod reset {
+    /// The host's TCP stack resets SYN-ACKs (no socket on the probe port).
+    pub const STACK: u8 = 0;
+    /// The XDP program turns the SYN-ACK into its RST and sends it back (`XDP_TX`).
+    pub const XDP: u8 = 1;
+    /// The TC ingress program does (`bpf_redirect` to the interface's egress); IPv6
+    /// SYN-ACKs still go to the stack.
+    pub const TC: u8 = 2;
 }
 
 impl ProbeConfig {

@@ -82,12 +82,13 @@ reasons! {
         aux: [
             /// An answer was recorded without an egress stamp (evicted, or sent before attach).
             NoStamp = "no_stamp",
-            /// A SYN-ACK to a probe was turned into its RST and sent back out (`XDP_TX`;
-            /// only with `ProbeConfig::xdp_reset`).
+            /// A SYN-ACK to a probe was turned into its RST and sent back out, by the
+            /// XDP program (`XDP_TX`) or the TC ingress program (`bpf_redirect`), as
+            /// `ProbeConfig::reset` says. Counted here for both.
             ResetSent = "reset_sent",
             /// The RST could not be built in place: the SYN-ACK went to the host's TCP
-            /// stack to be reset there (or, if the frame was already cut, was dropped and
-            /// the target sends it again).
+            /// stack to be reset there (or, if the frame was already changed, was
+            /// dropped and the target sends it again).
             ResetFailed = "reset_failed",
         ]
     }

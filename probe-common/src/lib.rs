@@ -20,6 +20,8 @@ pub const PROG_XDP: &str = "sonde_xdp";
 /// veth delivers what the other end's XDP program sends back (`XDP_TX`) only to a
 /// peer that runs an XDP program of its own.
 pub const PROG_XDP_PEER: &str = "sonde_xdp_peer";
+/// Name of the TC ingress program (resets SYN-ACKs with `config::reset::TC`).
+pub const PROG_TC_INGRESS: &str = "sonde_tc_ingress";
 /// Name of the TC egress program in the object file.
 pub const PROG_TC_EGRESS: &str = "sonde_tc_egress";
 /// Array map (one [`config::ProbeConfig`]) written by userspace at load time.

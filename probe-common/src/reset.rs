@@ -1,6 +1,9 @@
 //! The RST that answers a SYN-ACK to one of our probes, built by the XDP program and
-//! sent straight back out of the interface (`XDP_TX`) when [`ProbeConfig::xdp_reset`]
-//! is set, instead of passing the SYN-ACK up to the host's TCP stack to be reset there.
+//! sent straight back out of the interface (`XDP_TX`) when [`ProbeConfig::reset`] is
+//! [`reset::XDP`](crate::config::reset::XDP), instead of passing the SYN-ACK up to the
+//! host's TCP stack to be reset there. (The TC ingress program, `reset::TC`, rewrites
+//! the SYN-ACK's skb into the same RST field by field, with the kernel's checksum
+//! helpers.)
 //!
 //! The reset is what Linux's `tcp_v4_send_reset` sends for a segment with ACK set
 //! (RFC 9293 3.10.7.1): sequence number = the SYN-ACK's acknowledgement number (our
@@ -9,7 +12,7 @@
 //! the verifier can follow); the program keeps the frame's Ethernet header (and VLAN
 //! tags) with the two MAC addresses swapped.
 //!
-//! [`ProbeConfig::xdp_reset`]: crate::config::ProbeConfig::xdp_reset
+//! [`ProbeConfig::reset`]: crate::config::ProbeConfig::reset
 
 use crate::{family, parse::tcp_flags, proto, record::StampKey};
 

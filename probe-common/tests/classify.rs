@@ -70,7 +70,7 @@ fn cfg() -> ProbeConfig {
         port_hi: PORT_HI,
         icmp_id: ICMP_ID,
         enabled: 1,
-        xdp_reset: 0,
+        reset: 0,
     }
 }
 

@@ -7,8 +7,10 @@
 //!   reply, ICMP error quoting a probe, UDP reply), validates the TCP cookie, computes the
 //!   kernel RTT against the egress stamp and hands a record to userspace through a ring
 //!   buffer. Consumed answers are dropped; everything else passes untouched. A SYN-ACK
-//!   goes on to the host's TCP stack, which resets it, or, with `xdp_reset` set in the
-//!   config, is turned into that RST here and sent back out (`XDP_TX`).
+//!   goes on to the host's TCP stack, which resets it, unless the config's `reset` says
+//!   the XDP program (turned into that RST here and sent back out, `XDP_TX`) or
+//! - `sonde_tc_ingress` (TC, ingress) does: the same RST, made of the SYN-ACK's skb and
+//!   sent back out of the interface with `bpf_redirect`, past the host's IP and TCP stack.
 //!
 //! All parsing lives in `probe_common::parse` so it is unit-tested on the host; this file
 //! only binds it to packet memory, maps and verdicts. Every exit bumps one per-reason
@@ -22,15 +24,19 @@
 
 use aya_ebpf::{
     bindings::{
-        xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+        xdp_action, BPF_F_PSEUDO_HDR, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        TC_ACT_OK, TC_ACT_UNSPEC,
     },
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail,
+        bpf_xdp_store_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use probe_common::{
-    config::ProbeConfig,
+    config::{reset, ProbeConfig},
     counters::{TcReason, XdpReason},
     parse::{classify_egress, classify_into, l3_offset, Answer, Frame},
     record::{flags, AnswerClass, AnswerRecord, StampKey},
@@ -105,9 +111,10 @@ pub fn sonde_xdp(ctx: XdpContext) -> u32 {
         // A SYN-ACK to our probe goes on to the prober's own TCP stack, which holds no
         // socket on the probe's port and so resets it, as it does for zmap: the
         // target keeps no half-open connection, and userspace sends no RST. With
-        // `xdp_reset`, the RST is built here and leaves at once.
+        // `reset::XDP`, the RST is built here and leaves at once; with `reset::TC` the
+        // TC ingress program makes it.
         XdpReason::AnswerOpen => match config() {
-            Some(cfg) if cfg.xdp_reset != 0 => xdp_reset(&ctx),
+            Some(cfg) if cfg.reset == reset::XDP => xdp_reset(&ctx),
             _ => xdp_action::XDP_PASS,
         },
         XdpReason::BadCookie
@@ -259,10 +266,180 @@ fn xdp_classify(ctx: &XdpContext) -> XdpReason {
 
 /// Passes every frame. Not attached by sonde itself: labs attach it to the target's
 /// end of a veth pair, because a veth hands the frames its XDP program sends back
-/// (`XDP_TX`, the resets of `xdp_reset`) only to a peer with an XDP program.
+/// (`XDP_TX`, the resets of `reset::XDP`) only to a peer with an XDP program.
 #[xdp]
 pub fn sonde_xdp_peer(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// TC ingress: with `reset::TC`, a SYN-ACK to a probe (valid cookie; XDP recorded
+/// it and passed it on) becomes its RST in place and leaves again by the same
+/// interface (`bpf_redirect` to its egress), without the host's IP and TCP stack. The
+/// checksums are updated with the kernel's helpers, so any `ip_summed` state
+/// (checksum offload on send, CHECKSUM_COMPLETE on receive) stays right. IPv4 only.
+#[classifier]
+pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
+    match config() {
+        Some(cfg) if cfg.reset == reset::TC && tc_syn_ack_v4(&ctx, &cfg) => {
+            match tc_reset(&ctx) {
+                Some(action) => action,
+                None => {
+                    // Untouched: the host's stack resets it.
+                    bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
+                    TC_ACT_OK
+                }
+            }
+        }
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Whether the frame is an IPv4 SYN-ACK to one of our probes with a valid cookie.
+#[inline(always)]
+fn tc_syn_ack_v4(ctx: &TcContext, cfg: &ProbeConfig) -> bool {
+    tc_classify(ctx, cfg).is_some()
+}
+
+#[inline(always)]
+fn tc_classify(ctx: &TcContext, cfg: &ProbeConfig) -> Option<()> {
+    let want = if ctx.len() < EGRESS_PULL {
+        ctx.len()
+    } else {
+        EGRESS_PULL
+    };
+    if ctx.data_end() - ctx.data() < want as usize && ctx.pull_data(want).is_err() {
+        return None;
+    }
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let answer = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, exclusively ours for the duration of this program run.
+    let answer = unsafe { &mut *answer };
+    classify_into(&pkt, cfg, answer).ok()?;
+    (answer.class == AnswerClass::Open && answer.key.family == probe_common::family::V4)
+        .then_some(())
+}
+
+/// Rewrite the SYN-ACK (checked by [`tc_syn_ack_v4`]) into its RST and redirect it;
+/// `None` if that cannot be done with the frame still intact.
+#[inline(always)]
+fn tc_reset(ctx: &TcContext) -> Option<i32> {
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let l3 = l3_offset(&pkt)?;
+    if l3 > 22 {
+        return None;
+    }
+    let ip: [u8; 20] = pkt.load(l3)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if !(20..=60).contains(&ihl) {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    let tcp: [u8; 20] = pkt.load(l4)?;
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if !(20..=60).contains(&doff) {
+        return None;
+    }
+    let macs: [u8; 12] = pkt.load(0)?;
+    let opts = doff - 20;
+    // The options leave the checksum: their sum, to take out.
+    let mut opt_buf = [0u8; 40];
+    if opts > 0 {
+        let n = opts & 0x3f;
+        if n == 0 || n > 40 {
+            return None;
+        }
+        // SAFETY: `n` bytes (1..=40) into a 40-byte buffer; the helper checks the offset.
+        let r = unsafe {
+            aya_ebpf::helpers::bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                (l4 + 20) as u32,
+                opt_buf.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+    }
+    let be16 = |b: &[u8], i: usize| u64::from(u16::from_ne_bytes([b[i], b[i + 1]]));
+    let be32 =
+        |b: &[u8], i: usize| u64::from(u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
+    let csum = l4 + 16;
+    let tot_old = be16(&ip, 2);
+    let new_tot = ((ihl + 20) as u16).to_be_bytes();
+    let tot_new = u64::from(u16::from_ne_bytes(new_tot));
+    let ttl_old = be16(&ip, 8);
+    let ttl_new = u64::from(u16::from_ne_bytes([64, ip[9]]));
+    let len_old = u64::from(u16::from_ne_bytes(((doff) as u16).to_be_bytes()));
+    let len_new = u64::from(u16::from_ne_bytes(20u16.to_be_bytes()));
+    let seq_new = tcp[8..12].try_into().ok().map(u32::from_ne_bytes)?;
+    let flags_new = u64::from(u16::from_ne_bytes([
+        5 << 4,
+        probe_common::parse::tcp_flags::RST,
+    ]));
+    // From here the frame changes: a failure drops it (the target sends its SYN-ACK
+    // again), it is never passed on half rewritten.
+    let rewrite = || -> Option<()> {
+        // Checksums first (the helpers take old and new values), then the bytes.
+        ctx.l4_csum_replace(csum, be32(&tcp, 4), u64::from(seq_new), 4)
+            .ok()?;
+        ctx.l4_csum_replace(csum, be32(&tcp, 8), 0, 4).ok()?;
+        ctx.l4_csum_replace(csum, be16(&tcp, 12), flags_new, 2)
+            .ok()?;
+        ctx.l4_csum_replace(csum, be16(&tcp, 14), 0, 2).ok()?;
+        ctx.l4_csum_replace(csum, be16(&tcp, 18), 0, 2).ok()?;
+        ctx.l4_csum_replace(csum, len_old, len_new, 2 | u64::from(BPF_F_PSEUDO_HDR))
+            .ok()?;
+        let mut w = 0;
+        while w < 20 {
+            if w * 2 < opts {
+                ctx.l4_csum_replace(csum, be16(&opt_buf, w * 2), 0, 2)
+                    .ok()?;
+            }
+            w += 1;
+        }
+        ctx.l3_csum_replace(l3 + 10, tot_old, tot_new, 2).ok()?;
+        ctx.l3_csum_replace(l3 + 10, ttl_old, ttl_new, 2).ok()?;
+        // Addresses, ports and MACs swap places: no checksum changes.
+        let mut hdr = [0u8; 20];
+        hdr[0] = tcp[2];
+        hdr[1] = tcp[3];
+        hdr[2] = tcp[0];
+        hdr[3] = tcp[1];
+        hdr[4..8].copy_from_slice(&tcp[8..12]);
+        hdr[12] = 5 << 4;
+        hdr[13] = probe_common::parse::tcp_flags::RST;
+        let c: [u8; 2] = ctx.load(csum).ok()?;
+        hdr[16] = c[0];
+        hdr[17] = c[1];
+        ctx.store(l4, &hdr, 0).ok()?;
+        let mut addrs = [0u8; 8];
+        addrs[..4].copy_from_slice(&ip[16..20]);
+        addrs[4..].copy_from_slice(&ip[12..16]);
+        ctx.store(l3 + 12, &addrs, 0).ok()?;
+        ctx.store(l3 + 2, &new_tot, 0).ok()?;
+        ctx.store(l3 + 8, &64u8, 0).ok()?;
+        let mut m = [0u8; 12];
+        m[..6].copy_from_slice(&macs[6..]);
+        m[6..].copy_from_slice(&macs[..6]);
+        ctx.store(0, &m, 0).ok()?;
+        // SAFETY: trims the frame to its new length; no packet pointer is used after.
+        (unsafe { bpf_skb_change_tail(ctx.skb.skb, (l4 + 20) as u32, 0) } == 0).then_some(())
+    };
+    if rewrite().is_none() {
+        bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
+        return Some(aya_ebpf::bindings::TC_ACT_SHOT);
+    }
+    bump(&XDP_COUNTERS, XdpReason::ResetSent as u32);
+    // SAFETY: the ifindex the frame came in on; flags 0 = its egress.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
 #[classifier]

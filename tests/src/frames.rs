@@ -29,7 +29,7 @@ pub fn config() -> ProbeConfig {
         port_hi: 61999,
         icmp_id: 0x5d0e,
         enabled: 1,
-        xdp_reset: 0,
+        reset: 0,
     }
 }
 

@@ -100,6 +100,7 @@ fn standalone_daemon_end_to_end() {
     }
     let info = d.client().get("/v1/info").expect("info");
     assert_eq!(info["clock"], "kernel", "{info}");
+    assert_eq!(info["syn_ack_reset"]["mode"], "tc", "the default: {info}");
 
     // Follow the watch stream from here on.
     let (tx, rx) = mpsc::channel::<String>();

@@ -319,7 +319,7 @@ fn representative_metrics() -> String {
             config_path: Some("/etc/sonde/checks.toml".into()),
             checks: statuses.len(),
             per_target_pps: 50.0,
-            xdp_reset: None,
+            syn_ack_reset: None,
         },
         statuses,
         outcomes,

@@ -1,8 +1,9 @@
-//! Resets sent from XDP (`xdp_reset`): a SYN-ACK to a probe is answered with its RST by
-//! the XDP program itself (`XDP_TX`), not by the prober's TCP stack; and where the
-//! interface drops those frames (a veth whose peer runs no XDP program) the guard sees
-//! it and hands SYN-ACKs back to the stack, which then resets the target's
-//! retransmitted SYN-ACKs. Real programs, a real veth pair, a real listener.
+//! Who resets SYN-ACKs to probes (`ResetMode`, the daemon's `syn_ack_reset`): the TC
+//! ingress program (the daemon's default) or the XDP program answer a SYN-ACK with its
+//! RST themselves, never the prober's TCP stack, and the target keeps no half-open
+//! connection; where the interface drops what XDP sends (a veth whose peer runs no XDP
+//! program) the guard sees it and hands the resets to the TC program, which then resets
+//! the target's retransmitted SYN-ACKs. Real programs, a real veth pair, a real listener.
 
 use std::{
     net::TcpListener,
@@ -12,7 +13,7 @@ use std::{
 
 use probe_common::counters::XdpReason;
 use sonde::{
-    ebpf::{KernelProbes, PeerPass},
+    ebpf::{KernelProbes, PeerPass, ResetMode},
     engine::{
         result::Reason,
         round::new_config,
@@ -24,7 +25,7 @@ use sonde::{
 };
 use sonde_tests::checks::check;
 
-fn setup(lab: &Lab) -> (Engine, KernelProbes) {
+fn setup(lab: &Lab, mode: ResetMode) -> (Engine, KernelProbes) {
     let iface = lab.link.a.name.clone();
     lab.prober
         .run(move || {
@@ -32,7 +33,7 @@ fn setup(lab: &Lab) -> (Engine, KernelProbes) {
             let mut k = KernelProbes::load().expect("load");
             k.set_config(&cfg).expect("config");
             k.attach(&iface).expect("attach");
-            k.set_xdp_reset(true).expect("resets from XDP");
+            k.set_reset(mode).expect("who resets SYN-ACKs");
             PortRange::DEFAULT.reserve().expect("reserve ports");
             let parts = StatelessParts {
                 source: Box::new(k.take_events().expect("events")),
@@ -95,7 +96,7 @@ fn stack_resets(ns: &Netns) -> u64 {
 
 fn check_guard(lab: &Lab, k: &mut KernelProbes) -> Option<String> {
     lab.prober
-        .run(|| k.check_xdp_reset().expect("guard"))
+        .run(|| k.check_reset().expect("guard"))
         .expect("enter prober")
 }
 
@@ -126,22 +127,14 @@ fn listener(lab: &Lab) -> TcpListener {
         .expect("listen")
 }
 
-#[test]
-fn resets_from_xdp_leave_no_half_open_connection() {
-    if !lab::kernel_programs_or_skip() {
-        return;
-    }
-    let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
-    let _peer = peer_pass(&lab);
-    let (engine, mut k) = setup(&lab);
-    assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
+/// `n` probes to an open port: every SYN-ACK reset by the kernel programs, none by the
+/// prober's stack, and no half-open connection left at the target.
+fn kernel_resets_all(lab: &Lab, engine: &Engine, k: &KernelProbes, n: u64, seq0: u64) {
     let (before, rsts0) = (k.counters().expect("counters"), stack_resets(&lab.prober));
-    let n = 300;
-    probe_open(&engine, n, 0);
+    probe_open(engine, n, seq0);
     let d = k.counters().expect("counters").since(&before);
     assert_eq!(d.xdp(XdpReason::AnswerOpen), n);
-    assert_eq!(d.xdp(XdpReason::ResetSent), n, "every SYN-ACK reset in XDP");
+    assert_eq!(d.xdp(XdpReason::ResetSent), n, "every SYN-ACK reset");
     assert_eq!(d.xdp(XdpReason::ResetFailed), 0);
     assert_eq!(
         stack_resets(&lab.prober) - rsts0,
@@ -153,20 +146,46 @@ fn resets_from_xdp_leave_no_half_open_connection() {
         0,
         "the target got every RST: no half-open connection left"
     );
-    assert_eq!(check_guard(&lab, &mut k), None, "nothing dropped");
-    assert!(k.xdp_reset().on);
+}
+
+#[test]
+fn resets_from_tc_leave_no_half_open_connection() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    // No XDP program on the target's end: the TC program's resets go out as any frame.
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = listener(&lab);
+    let (engine, k) = setup(&lab, ResetMode::Tc);
+    kernel_resets_all(&lab, &engine, &k, 300, 0);
     engine.shutdown();
 }
 
 #[test]
-fn the_guard_hands_syn_acks_back_to_the_stack_when_the_veth_drops_resets() {
+fn resets_from_xdp_leave_no_half_open_connection() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = listener(&lab);
+    let _peer = peer_pass(&lab);
+    let (engine, mut k) = setup(&lab, ResetMode::Xdp);
+    assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
+    kernel_resets_all(&lab, &engine, &k, 300, 0);
+    assert_eq!(check_guard(&lab, &mut k), None, "nothing dropped");
+    assert_eq!(k.reset_state().mode, ResetMode::Xdp);
+    engine.shutdown();
+}
+
+#[test]
+fn the_guard_hands_resets_to_tc_when_the_veth_drops_those_from_xdp() {
     if !lab::kernel_programs_or_skip() {
         return;
     }
     // No XDP program on the target's end: the veth drops what XDP sends back.
     let lab = Lab::two_hosts().expect("lab");
     let _l = listener(&lab);
-    let (engine, mut k) = setup(&lab);
+    let (engine, mut k) = setup(&lab, ResetMode::Xdp);
     assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
     let before = k.counters().expect("counters");
     probe_open(&engine, 20, 0);
@@ -177,29 +196,25 @@ fn the_guard_hands_syn_acks_back_to_the_stack_when_the_veth_drops_resets() {
         why.contains("dropped") && why.contains(&lab.link.a.name),
         "{why}"
     );
-    let state = k.xdp_reset();
-    assert!(!state.on && state.off_reason.as_deref() == Some(why.as_str()));
+    let state = k.reset_state();
+    assert_eq!(state.mode, ResetMode::Tc);
+    assert_eq!(state.xdp_off_reason.as_deref(), Some(why.as_str()));
     // The lost resets left the target half-open; its SYN-ACK retransmissions (after
-    // 1 s) now reach the prober's stack, which resets them.
+    // 1 s) now reach the TC program, which resets them.
     assert!(lab.target.syn_recv_count().expect("ss") > 0);
-    let rsts0 = stack_resets(&lab.prober);
+    let (before, rsts0) = (k.counters().expect("counters"), stack_resets(&lab.prober));
     wait_no_half_open(&lab);
-    assert!(
-        stack_resets(&lab.prober) > rsts0,
-        "reset by the prober's stack"
-    );
-    // New probes: SYN-ACKs go to the stack, nothing is sent from XDP.
-    let before = k.counters().expect("counters");
-    probe_open(&engine, 20, 100);
     let d = k.counters().expect("counters").since(&before);
-    assert_eq!(d.xdp(XdpReason::ResetSent), 0);
-    assert_eq!(d.xdp(XdpReason::AnswerOpen), 20);
+    assert!(d.xdp(XdpReason::ResetSent) > 0, "reset by the TC program");
+    assert_eq!(stack_resets(&lab.prober), rsts0, "not by the stack");
+    // New probes: the TC program resets every SYN-ACK.
+    kernel_resets_all(&lab, &engine, &k, 20, 100);
     engine.shutdown();
 }
 
 const DAEMON_CONFIG: &str = r#"
 [daemon]
-xdp_reset = true
+syn_ack_reset = "xdp"
 
 [[check]]
 id = "syn"
@@ -229,7 +244,7 @@ fn daemon_in(lab: &Lab, tag: &str) -> (sonde_tests::daemon::Daemon, sonde_tests:
     (d, dir)
 }
 
-/// `[daemon] xdp_reset = true` where the interface delivers: resets leave from XDP,
+/// `[daemon] syn_ack_reset = "xdp"` where the interface delivers: resets leave from XDP,
 /// the guard leaves them on, the check is healthy and the target half-open nowhere.
 #[test]
 fn the_daemon_resets_from_xdp_when_asked() {
@@ -244,19 +259,20 @@ fn the_daemon_resets_from_xdp_when_asked() {
     // A few guard rounds (one a second) with resets flowing.
     std::thread::sleep(Duration::from_millis(2500));
     let info = d.client().get("/v1/info").expect("info");
-    assert_eq!(info["xdp_reset"]["on"], true, "{info}");
+    assert_eq!(info["syn_ack_reset"]["mode"], "xdp", "{info}");
     let text = d.client().metrics().expect("metrics");
-    assert_eq!(metric(&text, "sonde_xdp_reset_enabled", ""), Some(1.0));
-    let sent = metric(&text, "sonde_xdp_resets_total", "result=\"sent\"").expect("sent");
+    let mode = |m: &str| metric(&text, "sonde_syn_ack_reset_mode", &format!("mode=\"{m}\""));
+    assert_eq!((mode("xdp"), mode("tc")), (Some(1.0), Some(0.0)));
+    let sent = metric(&text, "sonde_syn_ack_resets_total", "result=\"sent\"").expect("sent");
     assert!(sent >= 5.0, "resets sent from XDP: {sent}");
     assert_eq!(lab.target.syn_recv_count().expect("ss"), 0);
     d.wait_all(&["syn"], "healthy", Duration::from_secs(1));
 }
 
-/// `[daemon] xdp_reset = true` on a veth whose peer runs no XDP program: the veth drops
-/// the resets; the daemon's guard sees it within a second or two, says why in
-/// /v1/info and /metrics, and SYN-ACKs are reset by the stack again; the check stays
-/// healthy throughout and no half-open connection is left.
+/// `[daemon] syn_ack_reset = "xdp"` on a veth whose peer runs no XDP program: the veth
+/// drops the resets; the daemon's guard sees it within a second or two, says why in
+/// /v1/info and /metrics, and the TC program resets SYN-ACKs from then on; the check
+/// stays healthy throughout and no half-open connection is left.
 #[test]
 fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
     if !lab::kernel_programs_or_skip() {
@@ -269,7 +285,7 @@ fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
     let until = Instant::now() + Duration::from_secs(6);
     let info = loop {
         let info = d.client().get("/v1/info").expect("info");
-        if info["xdp_reset"]["on"] == false {
+        if info["syn_ack_reset"]["mode"] == "tc" {
             break info;
         }
         assert!(
@@ -278,11 +294,14 @@ fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let why = info["xdp_reset"]["off_reason"].as_str().unwrap_or_default();
+    let why = info["syn_ack_reset"]["xdp_off_reason"]
+        .as_str()
+        .unwrap_or_default();
     assert!(why.contains("dropped"), "{info}");
     assert!(d.log(&dir.0).contains("resets from XDP turned off"));
     let text = d.client().metrics().expect("metrics");
-    assert_eq!(metric(&text, "sonde_xdp_reset_enabled", ""), Some(0.0));
+    let mode = |m: &str| metric(&text, "sonde_syn_ack_reset_mode", &format!("mode=\"{m}\""));
+    assert_eq!((mode("xdp"), mode("tc")), (Some(0.0), Some(1.0)));
     wait_no_half_open(&lab);
     d.wait_all(&["syn"], "healthy", Duration::from_secs(1));
 }

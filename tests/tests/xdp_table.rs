@@ -765,7 +765,7 @@ fn disabled_until_configured() {
 
 const XDP_TX: u32 = 3;
 
-/// With `xdp_reset`, a SYN-ACK to a probe leaves again as the RST for it (`XDP_TX`):
+/// With `reset::XDP`, a SYN-ACK to a probe leaves again as the RST for it (`XDP_TX`):
 /// MACs swapped, VLAN tag kept, cut to the reset's headers, which are byte for byte
 /// what the probe builder makes of the RST the host's stack would send (seq = the
 /// SYN-ACK's ack, no ACK flag, window 0). Forged SYN-ACKs are still dropped, RSTs and
@@ -775,7 +775,7 @@ fn syn_acks_become_resets_in_xdp_when_asked() {
     use probe_common::craft::{build, Eth, Ip, L4};
     let Some(mut k) = load() else { return };
     k.set_config(&probe_common::config::ProbeConfig {
-        xdp_reset: 1,
+        reset: probe_common::config::reset::XDP,
         ..config()
     })
     .expect("set config");
@@ -864,4 +864,95 @@ fn syn_acks_become_resets_in_xdp_when_asked() {
     let (verdict, out) = k.run_xdp_out(&answer).expect("test run");
     assert_eq!((verdict, out), (XDP_PASS, answer));
     k.drain(|_| {});
+}
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_REDIRECT: i32 = 7;
+
+/// With `reset::TC`, the TC ingress program turns an IPv4 SYN-ACK to a probe into its
+/// RST (redirected back out): byte for byte the reset the packet builder makes, the
+/// SYN-ACK's IP header kept (id, DF) but for length and TTL, both checksums right
+/// (updated with the kernel's helpers; the test run's skb has no checksum offload, so
+/// every update applies). IPv6 SYN-ACKs, forged ones, RSTs, and everything without
+/// the mode pass untouched.
+#[test]
+fn tc_ingress_resets_ipv4_syn_acks_when_asked() {
+    use probe_common::craft::{build, Eth, Ip, L4};
+    let Some(mut k) = load() else { return };
+    let tc_mode = probe_common::config::ProbeConfig {
+        reset: probe_common::config::reset::TC,
+        ..config()
+    };
+    k.set_config(&tc_mode).expect("set config");
+    let (us, them) = (v4(US4), v4(THEM4));
+    for vlan in [None, Some(7)] {
+        let e = eth(vlan);
+        let (sport, dport) = (61_234, 443);
+        let ack = cookie_of(us, them, sport, dport).wrapping_add(1);
+        let answer = tcp_answer(Some(&e), us, them, sport, dport, SYN | ACK, ack);
+        let before = k.counters().expect("counters");
+        let (action, out) = k.run_tc_ingress(&answer).expect("test run");
+        let d = k.counters().expect("counters").since(&before);
+        assert_eq!(action, TC_ACT_REDIRECT, "vlan {vlan:?}");
+        assert_eq!(d.xdp(XdpReason::ResetSent), 1);
+        assert_eq!(d.xdp(XdpReason::ResetFailed), 0);
+        let mut want = vec![0u8; 256];
+        let len = build(
+            &mut want,
+            Some(&Eth {
+                dst: e.src,
+                src: e.dst,
+                vlan,
+            }),
+            &Ip {
+                family: 4,
+                src: bytes(us),
+                dst: bytes(them),
+                ttl: 64,
+                // The SYN-ACK's own identification, as the test frames carry.
+                id: 1,
+                options: &[],
+            },
+            &L4::Tcp {
+                sport,
+                dport,
+                seq: ack,
+                ack: 0,
+                flags: RST,
+                window: 0,
+                options: &[],
+            },
+        )
+        .expect("reset fits");
+        want.truncate(len);
+        assert_eq!(out, want, "vlan {vlan:?}: the reset");
+    }
+    let untouched = |k: &mut KernelProbes, frame: Vec<u8>, what: &str| {
+        let before = k.counters().expect("counters");
+        let (action, out) = k.run_tc_ingress(&frame).expect("test run");
+        let d = k.counters().expect("counters").since(&before);
+        assert_eq!((action, &out), (TC_ACT_OK, &frame), "{what}");
+        assert_eq!(d.xdp(XdpReason::ResetSent), 0, "{what}");
+    };
+    let (us6, them6) = (v6(US6), v6(THEM6));
+    let ack6 = cookie_of(us6, them6, 61_000, 80).wrapping_add(1);
+    untouched(
+        &mut k,
+        tcp_answer(Some(&eth(None)), us6, them6, 61_000, 80, SYN | ACK, ack6),
+        "IPv6 SYN-ACK: to the stack",
+    );
+    untouched(
+        &mut k,
+        tcp_answer(Some(&eth(None)), us, them, 61_000, 80, SYN | ACK, 12345),
+        "forged SYN-ACK",
+    );
+    let ack = cookie_of(us, them, 61_000, 81).wrapping_add(1);
+    untouched(
+        &mut k,
+        tcp_answer(Some(&eth(None)), us, them, 61_000, 81, RST | ACK, ack),
+        "RST",
+    );
+    untouched(&mut k, echo_request(us, them, 1, 1), "not TCP");
+    k.set_config(&config()).expect("set config");
+    untouched(&mut k, syn_ack(us, them, 61_000, 80), "stack mode");
 }

@@ -44,9 +44,10 @@ pub struct DaemonInfo {
     /// The per-target cap this node enforces now, probes/s (in cluster mode its share of
     /// the cluster-wide cap).
     pub per_target_pps: f64,
-    /// Resets from XDP (`[daemon] xdp_reset`), when the kernel programs are in use.
+    /// Who resets SYN-ACKs to probes (`[daemon] syn_ack_reset`), when the kernel
+    /// programs are in use.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub xdp_reset: Option<crate::ebpf::XdpResetState>,
+    pub syn_ack_reset: Option<crate::ebpf::ResetState>,
 }
 
 /// The outcome of a reload.

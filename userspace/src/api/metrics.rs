@@ -45,8 +45,8 @@
 //! `sonde_cluster_view_refreshed_seconds`, `sonde_cluster_checks_refused_total`; and, when the kernel programs run,
 //! `sonde_xdp_frames_total{reason}` (the exclusive reasons: their sum is every frame
 //! seen), `sonde_xdp_answers_without_stamp_total` (the auxiliary `no_stamp` counter),
-//! `sonde_xdp_resets_total{result}` (`sent`, `failed`: resets from XDP),
-//! `sonde_xdp_reset_enabled` and `sonde_tc_packets_total{reason}`.
+//! `sonde_syn_ack_resets_total{result}` (`sent`, `failed`: resets by the kernel
+//! programs), `sonde_syn_ack_reset_mode{mode}` and `sonde_tc_packets_total{reason}`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -58,7 +58,7 @@ use probe_common::counters::{TcReason, XdpReason};
 use super::control::DaemonInfo;
 use crate::{
     cluster::view::ClusterView,
-    ebpf::{Counters, XdpResetState},
+    ebpf::{Counters, ResetMode, ResetState},
     engine::{budget::BudgetStats, spec::CheckId, uring::EngineCounters, Clock},
     health::{CheckStatus, Health, LatencySummary, Phase},
 };
@@ -450,7 +450,7 @@ fn daemon_families(w: &mut Writer, input: &MetricsInput) {
     w.single("sonde_budget_skipped_total", "counter", help, b.skipped);
 }
 
-fn kernel_families(w: &mut Writer, kernel: Option<&Counters>, reset: Option<&XdpResetState>) {
+fn kernel_families(w: &mut Writer, kernel: Option<&Counters>, reset: Option<&ResetState>) {
     let help =
         "Whether the XDP/TC programs are attached (1) or answers are timed in userspace (0).";
     w.single(
@@ -476,17 +476,24 @@ fn kernel_families(w: &mut Writer, kernel: Option<&Counters>, reset: Option<&Xdp
         help,
         c.xdp(XdpReason::NoStamp),
     );
-    let name = "sonde_xdp_resets_total";
+    let name = "sonde_syn_ack_resets_total";
     w.family(
         name,
         "counter",
-        "SYN-ACKs to probes answered with their RST from XDP ([daemon] xdp_reset): sent, or failed (left to the host's stack).",
+        "SYN-ACKs to probes answered with their RST by the kernel programs ([daemon] syn_ack_reset tc or xdp): sent, or failed (left to the host's stack, or dropped if already cut).",
     );
     w.sample(name, &[("result", "sent")], c.xdp(XdpReason::ResetSent));
     w.sample(name, &[("result", "failed")], c.xdp(XdpReason::ResetFailed));
     if let Some(r) = reset {
-        let help = "1 while the XDP program resets SYN-ACKs itself; 0 when off (not asked for, or turned off by the guard: the interface dropped them).";
-        w.single("sonde_xdp_reset_enabled", "gauge", help, u8::from(r.on));
+        let name = "sonde_syn_ack_reset_mode";
+        w.family(
+            name,
+            "gauge",
+            "Who resets SYN-ACKs to probes now (1 for the mode in force): the TC program, the XDP program (until the guard sees its resets dropped) or the host's stack.",
+        );
+        for m in ResetMode::ALL {
+            w.sample(name, &[("mode", m.name())], u8::from(r.mode == m));
+        }
     }
     let name = "sonde_tc_packets_total";
     w.family(
@@ -522,7 +529,11 @@ pub fn render(input: &MetricsInput) -> String {
             );
         }
     }
-    kernel_families(&mut w, input.kernel.as_ref(), input.info.xdp_reset.as_ref());
+    kernel_families(
+        &mut w,
+        input.kernel.as_ref(),
+        input.info.syn_ack_reset.as_ref(),
+    );
     if let Some(c) = &input.cluster {
         cluster_families(&mut w, c);
         w.family(

@@ -10,7 +10,7 @@
 //! iface = "eth0"            # interface the XDP/TC programs attach to (default: none)
 //! ports = "61000-61999"     # reserved source ports of stateless probes (this default)
 //! userspace = false         # time answers in userspace, without eBPF (default false)
-//! xdp_reset = false         # reset SYN-ACKs from XDP, watched for drops (default false)
+//! syn_ack_reset = "tc"      # who resets SYN-ACKs to probes: tc (default), xdp, stack
 //! allow_targets = ["198.18.0.0/15"]  # checks may only probe these networks (default any)
 //! deny_targets = ["198.18.9.0/24"]   # and never these (wins over allow_targets)
 //! metrics_check_limit = 10000  # per-check /metrics series up to this many checks (this default)
@@ -143,10 +143,10 @@ pub struct DaemonSettings {
     pub ports: PortRange,
     /// Time answers in userspace instead of loading the kernel programs.
     pub userspace: bool,
-    /// The XDP program answers a SYN-ACK to a probe with its RST itself (`XDP_TX`)
-    /// instead of the host's TCP stack; turned off again by the daemon's guard if the
-    /// interface drops those frames (see `ebpf::reset`). For NICs with native XDP.
-    pub xdp_reset: bool,
+    /// Who answers a SYN-ACK to a probe with its RST: the TC ingress program (default),
+    /// the XDP program (NICs with native XDP; watched, see `ebpf::reset`) or the host's
+    /// TCP stack.
+    pub syn_ack_reset: crate::ebpf::ResetMode,
     /// Networks checks may and may not probe.
     pub policy: policy::TargetPolicy,
     /// `/metrics` renders per-check series while the node runs at most this many
@@ -165,7 +165,7 @@ impl Default for DaemonSettings {
             iface: None,
             ports: PortRange::DEFAULT,
             userspace: false,
-            xdp_reset: false,
+            syn_ack_reset: crate::ebpf::ResetMode::Tc,
             policy: policy::TargetPolicy::default(),
             metrics_check_limit: METRICS_CHECK_LIMIT,
         }
@@ -361,8 +361,17 @@ fn daemon(ctx: &mut Ctx, t: &mut Table<'_>) -> DaemonSettings {
     if let Some(u) = t.bool(ctx, "userspace") {
         d.userspace = u.v;
     }
-    if let Some(x) = t.bool(ctx, "xdp_reset") {
-        d.xdp_reset = x.v;
+    if let Some(r) = t.string(ctx, "syn_ack_reset") {
+        match crate::ebpf::ResetMode::parse(&r.v) {
+            Some(m) => d.syn_ack_reset = m,
+            None => ctx.report(
+                &r.at,
+                format!(
+                    "invalid syn_ack_reset {:?}; expected \"tc\", \"xdp\" or \"stack\"",
+                    r.v
+                ),
+            ),
+        }
     }
     d.policy.allow = networks(ctx, t, "allow_targets");
     d.policy.deny = networks(ctx, t, "deny_targets");

@@ -216,7 +216,7 @@ impl Control for Shared {
                     .target_share
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .max(1) as f64,
-            xdp_reset: self.kernel.as_ref().map(|k| k.lock().xdp_reset().clone()),
+            syn_ack_reset: self.kernel.as_ref().map(|k| k.lock().reset_state().clone()),
         }
     }
 

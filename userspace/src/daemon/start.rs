@@ -166,9 +166,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
                 probes.set_config(&probe_cfg).map_err(k)?;
                 let mode = probes.attach(dev).map_err(k)?;
                 info!(iface = %dev, ?mode, "kernel programs attached");
-                if daemon.xdp_reset {
-                    probes.set_xdp_reset(true).map_err(k)?;
-                }
+                probes.set_reset(daemon.syn_ack_reset).map_err(k)?;
                 let events = probes.take_events().context("ring buffer already taken")?;
                 stateless = Some(StatelessParts {
                     source: Box::new(events),
@@ -354,7 +352,7 @@ async fn serve_until_signal(shared: Arc<Shared>, opts: &RunOptions) -> Result<()
     if shared
         .kernel
         .as_ref()
-        .is_some_and(|k| k.lock().xdp_reset().on)
+        .is_some_and(|k| k.lock().reset_state().mode == ebpf::ResetMode::Xdp)
     {
         tokio::spawn(guard_xdp_reset(Arc::clone(&shared), stop_rx.clone()));
     }
@@ -490,15 +488,15 @@ async fn guard_xdp_reset(shared: Arc<Shared>, mut stop: tokio::sync::watch::Rece
             return;
         };
         let mut k = kernel.lock();
-        match k.check_xdp_reset() {
-            // The guard logs why it turned them off.
+        match k.check_reset() {
+            // The guard logs why it took them away from XDP.
             Ok(Some(_)) => return,
-            Ok(None) if !k.xdp_reset().on => return,
+            Ok(None) if k.reset_state().mode != ebpf::ResetMode::Xdp => return,
             Ok(None) => {}
             Err(e) => {
-                warn!(error = %ebpf::error_chain(&e), "cannot watch resets from XDP; turning them off");
-                if let Err(e) = k.set_xdp_reset(false) {
-                    warn!(error = %ebpf::error_chain(&e), "cannot turn resets from XDP off");
+                warn!(error = %ebpf::error_chain(&e), "cannot watch resets from XDP; handing them to the TC program");
+                if let Err(e) = k.set_reset(ebpf::ResetMode::Tc) {
+                    warn!(error = %ebpf::error_chain(&e), "cannot hand resets from XDP to the TC program");
                 }
                 return;
             }

@@ -21,10 +21,10 @@ use probe_common::{
     config::ProbeConfig,
     counters::{TcReason, XdpReason},
     record::AnswerRecord,
-    MAP_CONFIG, MAP_EVENTS, MAP_TC_COUNTERS, MAP_XDP_COUNTERS, PROG_TC_EGRESS, PROG_XDP,
-    PROG_XDP_PEER,
+    MAP_CONFIG, MAP_EVENTS, MAP_TC_COUNTERS, MAP_XDP_COUNTERS, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_XDP, PROG_XDP_PEER,
 };
-pub use reset::{resets_dropped, tx_dropped, XdpResetState};
+pub use reset::{resets_dropped, tx_dropped, ResetMode, ResetState};
 use tracing::{info, warn};
 
 /// The eBPF object embedded at build time, if `cargo xtask build-ebpf` had run.
@@ -142,7 +142,7 @@ pub struct KernelProbes {
     attached: Vec<(String, XdpAttachMode)>,
     /// The configuration last written (see [`KernelProbes::set_config`]).
     config: Option<ProbeConfig>,
-    /// Resets in XDP and their guard (see [`KernelProbes::set_xdp_reset`]).
+    /// Who resets SYN-ACKs, and the guard of resets from XDP (see [`KernelProbes::set_reset`]).
     reset: reset::Guard,
 }
 
@@ -155,7 +155,7 @@ impl KernelProbes {
         availability()?;
         let bytes = object().ok_or(KernelError::NotEmbedded)?;
         let mut ebpf = Ebpf::load(bytes).map_err(KernelError::Object)?;
-        for name in [PROG_XDP, PROG_TC_EGRESS] {
+        for name in [PROG_XDP, PROG_TC_EGRESS, PROG_TC_INGRESS] {
             let prog = ebpf.program_mut(name).ok_or(KernelError::Missing {
                 kind: "program",
                 name,
@@ -262,6 +262,20 @@ impl KernelProbes {
         tcp.attach(iface, TcAttachType::Egress)
             .map_err(|source| KernelError::Attach {
                 program: PROG_TC_EGRESS,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        let tci: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TC_INGRESS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name: PROG_TC_INGRESS,
+            })?;
+        tci.attach(iface, TcAttachType::Ingress)
+            .map_err(|source| KernelError::Attach {
+                program: PROG_TC_INGRESS,
                 iface: iface.to_owned(),
                 source,
             })?;

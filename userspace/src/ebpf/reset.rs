@@ -1,40 +1,82 @@
-//! Resets sent from XDP: with [`ProbeConfig::xdp_reset`] the XDP program answers a
-//! SYN-ACK to a probe with its RST itself and sends it straight back out (`XDP_TX`),
-//! instead of passing the SYN-ACK up to the host's TCP stack to be reset there (the
-//! stack's receive and reset cost about a fifth of the machine per SYN probe here).
+//! Who answers a SYN-ACK to a probe with its RST ([`ResetMode`], the config's
+//! `reset`). The host's TCP stack does it when nothing else does (no socket holds the
+//! probe's port), at the cost of its IP and TCP receive path and a new packet per
+//! answer. The TC ingress program (`Tc`, the daemon's default) turns the SYN-ACK's own
+//! skb into the RST and sends it back out of the interface (`bpf_redirect`): it works on
+//! every interface, IPv6 SYN-ACKs still go to the stack. The XDP program (`Xdp`) does
+//! it before any skb exists (`XDP_TX`), for NICs with native XDP.
 //!
 //! `XDP_TX` is not delivered everywhere: a veth hands what its XDP program sends back
 //! only to a peer that runs an XDP program too, and drops it otherwise (counted in the
-//! interface's `tx_dropped`). So it is watched, not assumed: [`KernelProbes::check_xdp_reset`],
-//! called about once a second, compares the resets the program sent with what the
-//! attached interfaces dropped since the last call, and turns resets in XDP off for
-//! good (SYN-ACKs go to the host's stack again, the target's retransmitted SYN-ACKs are
-//! reset there) as soon as most were dropped. A reset lost meanwhile costs nothing but
-//! a retransmitted SYN-ACK: the answer was already recorded.
-//!
-//! [`ProbeConfig::xdp_reset`]: probe_common::config::ProbeConfig::xdp_reset
+//! interface's `tx_dropped`). So it is watched, not assumed: [`KernelProbes::check_reset`],
+//! called about once a second, compares the resets sent with what the attached
+//! interfaces dropped since the last call and, as soon as half or more were dropped (or
+//! the statistics cannot be read), hands the resets to the TC program for good. A reset
+//! lost meanwhile costs a retransmitted SYN-ACK, reset then: the answer was recorded.
 
 use std::{ffi::CStr, io};
 
-use probe_common::counters::XdpReason;
+use probe_common::{config::reset, counters::XdpReason};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{KernelError, KernelProbes};
 
-/// Where resets in XDP stand.
+/// Who resets a SYN-ACK to a probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetMode {
+    /// The host's TCP stack (the kernel programs' default until told otherwise).
+    #[default]
+    Stack,
+    /// The TC ingress program (`bpf_redirect`; IPv4, IPv6 to the stack).
+    Tc,
+    /// The XDP program (`XDP_TX`), watched by the guard.
+    Xdp,
+}
+
+impl ResetMode {
+    /// Every mode, in the config's spelling.
+    pub const ALL: [ResetMode; 3] = [ResetMode::Stack, ResetMode::Tc, ResetMode::Xdp];
+
+    /// The config's spelling: `stack`, `tc`, `xdp`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetMode::Stack => "stack",
+            ResetMode::Tc => "tc",
+            ResetMode::Xdp => "xdp",
+        }
+    }
+
+    /// The mode named `s`.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn value(self) -> u8 {
+        match self {
+            ResetMode::Stack => reset::STACK,
+            ResetMode::Tc => reset::TC,
+            ResetMode::Xdp => reset::XDP,
+        }
+    }
+}
+
+/// Who resets SYN-ACKs now, and why not the XDP program if it was asked to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct XdpResetState {
-    /// The XDP program sends resets itself.
-    pub on: bool,
-    /// Why it does not (turned off by the guard, or not asked for).
-    pub off_reason: Option<String>,
+pub struct ResetState {
+    /// The mode in force.
+    pub mode: ResetMode,
+    /// Why the guard took resets away from the XDP program.
+    pub xdp_off_reason: Option<String>,
 }
 
 /// What the guard remembers between two checks.
 #[derive(Debug, Default)]
 pub(super) struct Guard {
-    pub(super) state: XdpResetState,
+    pub(super) state: ResetState,
     /// Resets sent and frames the interfaces dropped at the last check.
     last: Option<(u64, u64)>,
 }
@@ -47,43 +89,39 @@ pub fn resets_dropped(sent: u64, dropped: u64) -> bool {
 }
 
 impl KernelProbes {
-    /// Turn resets in XDP on or off (see the module docs). Needs the configuration
-    /// written first ([`KernelProbes::set_config`]).
+    /// Say who resets SYN-ACKs (see the module docs). Needs the configuration written
+    /// first ([`KernelProbes::set_config`]).
     ///
     /// # Errors
     /// No configuration was written yet, or the config map cannot be written.
-    pub fn set_xdp_reset(&mut self, on: bool) -> Result<(), KernelError> {
+    pub fn set_reset(&mut self, mode: ResetMode) -> Result<(), KernelError> {
         let mut cfg = self.config.ok_or(KernelError::Missing {
             kind: "configuration",
             name: "probe config (set_config first)",
         })?;
-        cfg.xdp_reset = u8::from(on);
+        cfg.reset = mode.value();
         self.set_config(&cfg)?;
-        self.reset.state = XdpResetState {
-            on,
-            off_reason: (!on).then(|| "turned off".to_owned()),
-        };
+        self.reset.state.mode = mode;
         self.reset.last = None;
-        if on {
-            info!(ifaces = ?self.attached_names(), "SYN-ACKs are reset from XDP (XDP_TX), watched for drops");
-        }
+        info!(mode = mode.name(), ifaces = ?self.attached_names(), "SYN-ACKs to probes are reset by");
         Ok(())
     }
 
-    /// Where resets in XDP stand.
+    /// Who resets SYN-ACKs now.
     #[must_use]
-    pub fn xdp_reset(&self) -> &XdpResetState {
+    pub fn reset_state(&self) -> &ResetState {
         &self.reset.state
     }
 
-    /// The guard: call about once a second while resets in XDP are on. Turns them off
-    /// when the attached interfaces dropped at least half of the resets sent since the
-    /// last call, and returns why.
+    /// The guard of resets from XDP: call about once a second while the mode is
+    /// [`ResetMode::Xdp`]. Hands the resets to the TC program when the attached
+    /// interfaces dropped at least half of those sent since the last call (or their
+    /// statistics cannot be read), and returns why.
     ///
     /// # Errors
     /// The counters or the config map cannot be read or written.
-    pub fn check_xdp_reset(&mut self) -> Result<Option<String>, KernelError> {
-        if !self.reset.state.on {
+    pub fn check_reset(&mut self) -> Result<Option<String>, KernelError> {
+        if self.reset.state.mode != ResetMode::Xdp {
             return Ok(None);
         }
         let sent = self.counters()?.xdp(XdpReason::ResetSent);
@@ -99,7 +137,7 @@ impl KernelProbes {
             // What cannot be watched is not assumed to work.
             format!(
                 "cannot read the link statistics ({e}), so drops of resets sent from XDP \
-                 would go unseen; SYN-ACKs are reset by the host's TCP stack from now on"
+                 would go unseen; the TC program resets SYN-ACKs from now on"
             )
         } else {
             let Some((sent0, dropped0)) = self.reset.last.replace((sent, dropped)) else {
@@ -111,14 +149,13 @@ impl KernelProbes {
             }
             format!(
                 "{} dropped {dd} frames while XDP sent {ds} resets (a veth whose peer runs no \
-                 XDP program drops them all); SYN-ACKs are reset by the host's TCP stack from \
-                 now on",
+                 XDP program drops them all); the TC program resets SYN-ACKs from now on",
                 self.attached_names().join(",")
             )
         };
-        self.set_xdp_reset(false)?;
+        self.set_reset(ResetMode::Tc)?;
         warn!(reason = %why, "resets from XDP turned off");
-        self.reset.state.off_reason = Some(why.clone());
+        self.reset.state.xdp_off_reason = Some(why.clone());
         Ok(Some(why))
     }
 

@@ -52,13 +52,31 @@ impl KernelProbes {
     /// # Errors
     /// The program is missing or the kernel refused the test run.
     pub fn run_tc(&mut self, frame: &[u8]) -> Result<i32, KernelError> {
+        self.run_classifier(probe_common::PROG_TC_EGRESS, frame)
+            .map(|(action, _)| action)
+    }
+
+    /// Run the TC ingress program once on `frame` (as if received); returns its action
+    /// and the frame as the program left it (an RST to redirect, with `reset::TC`).
+    ///
+    /// # Errors
+    /// The program is missing or the kernel refused the test run.
+    pub fn run_tc_ingress(&mut self, frame: &[u8]) -> Result<(i32, Vec<u8>), KernelError> {
+        self.run_classifier(probe_common::PROG_TC_INGRESS, frame)
+    }
+
+    fn run_classifier(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+    ) -> Result<(i32, Vec<u8>), KernelError> {
         let tc: &mut aya::programs::SchedClassifier = self
             .ebpf_mut()
-            .program_mut(probe_common::PROG_TC_EGRESS)
+            .program_mut(program)
             .and_then(|p| p.try_into().ok())
             .ok_or(KernelError::Missing {
                 kind: "program",
-                name: probe_common::PROG_TC_EGRESS,
+                name: program,
             })?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
@@ -67,10 +85,10 @@ impl KernelProbes {
             repeat: 1,
             ..Default::default()
         };
-        let res = tc.test_run(opts).map_err(|source| KernelError::TestRun {
-            program: probe_common::PROG_TC_EGRESS,
-            source,
-        })?;
-        Ok(res.return_value as i32)
+        let res = tc
+            .test_run(opts)
+            .map_err(|source| KernelError::TestRun { program, source })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value as i32, out))
     }
 }

@@ -147,7 +147,7 @@ pub fn new_config(ports: PortRange) -> ProbeConfig {
         port_hi: ports.hi,
         icmp_id: rand::random::<u16>() | 1,
         enabled: 1,
-        xdp_reset: 0,
+        reset: 0,
     }
 }
 

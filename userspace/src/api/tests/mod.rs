@@ -32,7 +32,7 @@ pub(super) fn info() -> DaemonInfo {
         config_path: None,
         checks: 0,
         per_target_pps: 50.0,
-        xdp_reset: None,
+        syn_ack_reset: None,
     }
 }
 

@@ -519,6 +519,18 @@ fn daemon_settings() {
     );
     let c = parse_ok("[daemon]\nmetrics_check_limit = 0\n");
     assert_eq!(c.daemon.metrics_check_limit, 0);
+    assert_problem(
+        "[daemon]\nsyn_ack_reset = \"kernel\"\n",
+        2,
+        "daemon.syn_ack_reset",
+        "invalid syn_ack_reset \"kernel\"; expected \"tc\", \"xdp\" or \"stack\"",
+    );
+    use crate::ebpf::ResetMode;
+    assert_eq!(c.daemon.syn_ack_reset, ResetMode::Tc, "the default");
+    for m in ResetMode::ALL {
+        let c = parse_ok(&format!("[daemon]\nsyn_ack_reset = \"{}\"\n", m.name()));
+        assert_eq!(c.daemon.syn_ack_reset, m);
+    }
 }
 
 #[test]
