@@ -763,6 +763,49 @@ fn disabled_until_configured() {
     assert_eq!(d.xdp(XdpReason::Disabled), 1);
 }
 
+/// The RST the packet builder makes for a SYN-ACK to our probe `us:sport -> them:dport`
+/// (the SYN-ACK's ack as its seq), in a frame back to where `e` came from.
+fn expected_reset(
+    e: &probe_common::craft::Eth,
+    us: IpAddr,
+    them: IpAddr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ip_id: u16,
+) -> Vec<u8> {
+    use probe_common::craft::{build, Eth, Ip, L4};
+    let mut want = vec![0u8; 256];
+    let len = build(
+        &mut want,
+        Some(&Eth {
+            dst: e.src,
+            src: e.dst,
+            vlan: e.vlan,
+        }),
+        &Ip {
+            family: if us.is_ipv4() { 4 } else { 6 },
+            src: bytes(us),
+            dst: bytes(them),
+            ttl: 64,
+            id: ip_id,
+            options: &[],
+        },
+        &L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack: 0,
+            flags: RST,
+            window: 0,
+            options: &[],
+        },
+    )
+    .expect("reset fits");
+    want.truncate(len);
+    want
+}
+
 const XDP_TX: u32 = 3;
 
 /// With `reset::XDP`, a SYN-ACK to a probe leaves again as the RST for it (`XDP_TX`):
@@ -772,7 +815,6 @@ const XDP_TX: u32 = 3;
 /// other answers are unchanged, and without the flag SYN-ACKs pass to the stack.
 #[test]
 fn syn_acks_become_resets_in_xdp_when_asked() {
-    use probe_common::craft::{build, Eth, Ip, L4};
     let Some(mut k) = load() else { return };
     k.set_config(&probe_common::config::ProbeConfig {
         reset: probe_common::config::reset::XDP,
@@ -800,34 +842,7 @@ fn syn_acks_become_resets_in_xdp_when_asked() {
         let mut n = 0;
         k.drain(|_| n += 1);
         assert_eq!(n, 1, "{what}: one record");
-        let mut want = vec![0u8; 256];
-        let len = build(
-            &mut want,
-            Some(&Eth {
-                dst: e.src,
-                src: e.dst,
-                vlan,
-            }),
-            &Ip {
-                family: if us.is_ipv4() { 4 } else { 6 },
-                src: bytes(us),
-                dst: bytes(them),
-                ttl: 64,
-                id: 0,
-                options: &[],
-            },
-            &L4::Tcp {
-                sport,
-                dport,
-                seq: ack,
-                ack: 0,
-                flags: RST,
-                window: 0,
-                options: &[],
-            },
-        )
-        .expect("reset fits");
-        want.truncate(len);
+        let want = expected_reset(&e, us, them, sport, dport, ack, 0);
         assert_eq!(out, want, "{what}: the reset");
         assert!(out.len() < answer.len(), "{what}: cut to the reset");
     }
@@ -877,7 +892,6 @@ const TC_ACT_REDIRECT: i32 = 7;
 /// the mode pass untouched.
 #[test]
 fn tc_ingress_resets_ipv4_syn_acks_when_asked() {
-    use probe_common::craft::{build, Eth, Ip, L4};
     let Some(mut k) = load() else { return };
     let tc_mode = probe_common::config::ProbeConfig {
         reset: probe_common::config::reset::TC,
@@ -896,35 +910,8 @@ fn tc_ingress_resets_ipv4_syn_acks_when_asked() {
         assert_eq!(action, TC_ACT_REDIRECT, "vlan {vlan:?}");
         assert_eq!(d.xdp(XdpReason::ResetSent), 1);
         assert_eq!(d.xdp(XdpReason::ResetFailed), 0);
-        let mut want = vec![0u8; 256];
-        let len = build(
-            &mut want,
-            Some(&Eth {
-                dst: e.src,
-                src: e.dst,
-                vlan,
-            }),
-            &Ip {
-                family: 4,
-                src: bytes(us),
-                dst: bytes(them),
-                ttl: 64,
-                // The SYN-ACK's own identification, as the test frames carry.
-                id: 1,
-                options: &[],
-            },
-            &L4::Tcp {
-                sport,
-                dport,
-                seq: ack,
-                ack: 0,
-                flags: RST,
-                window: 0,
-                options: &[],
-            },
-        )
-        .expect("reset fits");
-        want.truncate(len);
+        // The SYN-ACK's own IP identification (1 in the test frames) is kept.
+        let want = expected_reset(&e, us, them, sport, dport, ack, 1);
         assert_eq!(out, want, "vlan {vlan:?}: the reset");
     }
     let untouched = |k: &mut KernelProbes, frame: Vec<u8>, what: &str| {

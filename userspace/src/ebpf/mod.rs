@@ -251,34 +251,25 @@ impl KernelProbes {
                 info!(iface, error = %reason, "clsact qdisc not added (not needed with TCX)");
             }
         }
-        let tcp: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_EGRESS)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: PROG_TC_EGRESS,
-            })?;
-        tcp.attach(iface, TcAttachType::Egress)
-            .map_err(|source| KernelError::Attach {
-                program: PROG_TC_EGRESS,
-                iface: iface.to_owned(),
-                source,
-            })?;
-        let tci: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_INGRESS)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: PROG_TC_INGRESS,
-            })?;
-        tci.attach(iface, TcAttachType::Ingress)
-            .map_err(|source| KernelError::Attach {
-                program: PROG_TC_INGRESS,
-                iface: iface.to_owned(),
-                source,
-            })?;
+        for (name, point) in [
+            (PROG_TC_EGRESS, TcAttachType::Egress),
+            (PROG_TC_INGRESS, TcAttachType::Ingress),
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(KernelError::Missing {
+                    kind: "program",
+                    name,
+                })?;
+            prog.attach(iface, point)
+                .map_err(|source| KernelError::Attach {
+                    program: name,
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+        }
         info!(iface, mode = ?mode, "kernel programs attached");
         self.attached.push((iface.to_owned(), mode.clone()));
         Ok(mode)
