@@ -52,7 +52,20 @@ pub struct PacketSource {
     buf: Vec<u8>,
     /// Frames seen, answers found: for the caller's accounting.
     pub frames: u64,
+    /// Frames the kernel dropped because the socket's buffer was full (every frame of
+    /// the interface comes through this socket, so a flood can fill it).
+    pub dropped: u64,
+    /// When the drops were last checked and logged.
+    drops_checked: std::time::Instant,
 }
+
+/// Receive buffer asked for the packet socket: it sees every frame of the interface,
+/// and at the default (about 200 KiB) a burst of traffic drops answers with the rest.
+const PACKET_RCVBUF: i32 = 8 << 20;
+
+/// How often the kernel's drop count of the packet socket is read (and logged if it
+/// grew).
+const DROPS_EVERY: Duration = Duration::from_secs(1);
 
 fn ifindex(iface: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(iface)
@@ -105,11 +118,30 @@ impl PacketSource {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Above rmem_max with CAP_NET_ADMIN (SO_RCVBUFFORCE), else as much as allowed.
+        let size = PACKET_RCVBUF;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: valid fd and an i32 option value.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<i32>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
         Ok(Self {
             fd,
             cfg,
             buf: vec![0; 65536],
             frames: 0,
+            dropped: 0,
+            drops_checked: std::time::Instant::now(),
         })
     }
 }
@@ -122,6 +154,35 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid timespec pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl PacketSource {
+    /// Read (and reset) the kernel's count of frames this socket dropped; log when it
+    /// grew: an answer dropped there becomes a timeout, and that must not go unsaid.
+    fn check_drops(&mut self) {
+        self.drops_checked = std::time::Instant::now();
+        // SAFETY: all-zero tpacket_stats is valid as an out-parameter.
+        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: valid fd and out-parameters of the stated size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut st).cast(),
+                &raw mut len,
+            )
+        };
+        if r == 0 && st.tp_drops > 0 {
+            self.dropped += u64::from(st.tp_drops);
+            tracing::warn!(
+                dropped = st.tp_drops,
+                total = self.dropped,
+                "the packet socket of the userspace answer path dropped frames (its buffer was full); probes whose answers were among them time out"
+            );
+        }
+    }
 }
 
 impl AnswerSource for PacketSource {
@@ -137,6 +198,9 @@ impl AnswerSource for PacketSource {
     }
 
     fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
+        if self.drops_checked.elapsed() >= DROPS_EVERY {
+            self.check_drops();
+        }
         let mut n = 0;
         loop {
             // SAFETY: all-zero sockaddr_ll is valid as an out-parameter.
@@ -196,5 +260,37 @@ impl AnswerSource for crate::ebpf::Events {
 
     fn clock(&self) -> Clock {
         Clock::Kernel
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packet socket sees every frame of its interface: it gets a buffer far above
+    /// the default, so bursts of other traffic do not drop answers (as root; the
+    /// kernel reports twice the size asked). Unprivileged, there is no socket to test.
+    #[test]
+    fn the_packet_socket_has_a_large_buffer() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root for an AF_PACKET socket");
+            return;
+        }
+        let src = PacketSource::open("lo", ProbeConfig::default()).expect("packet socket on lo");
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: valid fd and out-parameters of the stated size.
+        let r = unsafe {
+            libc::getsockopt(
+                src.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw mut v).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        assert!(v >= PACKET_RCVBUF, "receive buffer {v} bytes");
     }
 }
