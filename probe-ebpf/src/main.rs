@@ -302,12 +302,9 @@ fn tc_syn_ack_v4(ctx: &TcContext, cfg: &ProbeConfig) -> bool {
 
 #[inline(always)]
 fn tc_classify(ctx: &TcContext, cfg: &ProbeConfig) -> Option<()> {
-    let want = if ctx.len() < EGRESS_PULL {
-        ctx.len()
-    } else {
-        EGRESS_PULL
-    };
-    if ctx.data_end() - ctx.data() < want as usize && ctx.pull_data(want).is_err() {
+    // A SYN-ACK is a small frame, linear as it arrives; anything whose headers are not
+    // all linear is left to the stack (no pull: that would cost every other packet).
+    if ctx.data_end() - ctx.data() < linear_wanted(ctx) {
         return None;
     }
     let pkt = Packet {
@@ -450,23 +447,25 @@ pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Headers we need from an outgoing probe: Ethernet + VLAN + IPv6 + TCP.
-const EGRESS_PULL: u32 = 18 + 4 + 60 + 20;
+/// Headers we need from a probe or its answer: Ethernet + VLAN + IPv6 + TCP.
+const HEADERS_MAX: u32 = 18 + 4 + 60 + 20;
+
+/// How much of the frame must be linear to classify it: all of it, up to [`HEADERS_MAX`].
+#[inline(always)]
+fn linear_wanted(ctx: &TcContext) -> usize {
+    ctx.len().min(HEADERS_MAX) as usize
+}
 
 #[inline(always)]
 fn tc_stamp(ctx: &TcContext) -> TcReason {
     let Some(cfg) = config() else {
         return TcReason::Disabled;
     };
-    // Probes from raw sockets are linear, but make sure the headers are in the linear
-    // part so direct packet access sees them.
-    let want = if ctx.len() < EGRESS_PULL {
-        ctx.len()
-    } else {
-        EGRESS_PULL
-    };
-    if ctx.data_end() - ctx.data() < want as usize && ctx.pull_data(want).is_err() {
-        return TcReason::Malformed;
+    // Probes leave raw sockets as linear skbs: one whose headers are not all in the
+    // linear part is not ours. Pulling them in would cost every other packet of the
+    // host (a TCP segment is a clone: the pull copies its head).
+    if ctx.data_end() - ctx.data() < linear_wanted(ctx) {
+        return TcReason::NotOurs;
     }
     let pkt = Packet {
         start: ctx.data(),
