@@ -61,6 +61,11 @@ static SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SONDE_RESET")]
 static RESET: PerCpuArray<[u8; RESET_BUF]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the TC program's checksum difference: the SYN-ACK's TCP header
+/// (up to 60 bytes) in words 0..15, the reset's (20 bytes) in words 15..20.
+#[map(name = "SONDE_TC_SCRATCH")]
+static TC_SCRATCH: PerCpuArray<[u32; 20]> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "SONDE_XDP_COUNTERS")]
 static XDP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpReason::COUNT, 0);
 
@@ -343,75 +348,79 @@ fn tc_reset(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     let macs: [u8; 12] = pkt.load(0)?;
-    let opts = doff - 20;
-    // The options leave the checksum: their sum, to take out.
-    let mut opt_buf = [0u8; 40];
-    if opts > 0 {
-        let n = opts & 0x3f;
-        if n == 0 || n > 40 {
-            return None;
-        }
-        // SAFETY: `n` bytes (1..=40) into a 40-byte buffer; the helper checks the offset.
-        let r = unsafe {
-            aya_ebpf::helpers::bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                (l4 + 20) as u32,
-                opt_buf.as_mut_ptr().cast(),
-                n as u32,
-            )
-        };
-        if r != 0 {
-            return None;
-        }
+    // The SYN-ACK's TCP header, options included, as the checksum saw it (its own
+    // checksum field zeroed): one checksum difference to the reset's header replaces
+    // the field-by-field updates.
+    let words = TC_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, exclusively ours for the duration of this program run.
+    let words = unsafe { &mut *words };
+    // doff is 20..=60 and a multiple of 4: this is doff, in a form whose bounds the
+    // verifier sees (20..=80, within the 80-byte slot).
+    let old_len = 20 + ((doff - 20) & 0x3c);
+    // SAFETY: `old_len` bytes (the header, 20..=60) into the 80-byte slot; the helper
+    // checks the offset against the frame.
+    let r = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            l4 as u32,
+            words.as_mut_ptr().cast(),
+            old_len as u32,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // Bytes 16 and 17 (the checksum) out, 18 and 19 (the urgent pointer) kept.
+    words[4] &= u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    // The reset's TCP header: ports swapped, seq = the SYN-ACK's ack, RST alone, no
+    // window, no options; its checksum field 0 here.
+    let mut hdr = [0u8; 20];
+    hdr[0] = tcp[2];
+    hdr[1] = tcp[3];
+    hdr[2] = tcp[0];
+    hdr[3] = tcp[1];
+    hdr[4] = tcp[8];
+    hdr[5] = tcp[9];
+    hdr[6] = tcp[10];
+    hdr[7] = tcp[11];
+    hdr[12] = 5 << 4;
+    hdr[13] = probe_common::parse::tcp_flags::RST;
+    let mut i = 0;
+    while i < 5 {
+        words[15 + i] =
+            u32::from_ne_bytes([hdr[4 * i], hdr[4 * i + 1], hdr[4 * i + 2], hdr[4 * i + 3]]);
+        i += 1;
+    }
+    let (old, new) = words.split_at_mut(15);
+    // SAFETY: both buffers are ours and hold the sizes given (multiples of 4, <= 60).
+    let diff = unsafe {
+        aya_ebpf::helpers::bpf_csum_diff(old.as_mut_ptr(), old_len as u32, new.as_mut_ptr(), 20, 0)
+    };
+    if diff < 0 {
+        return None;
     }
     let be16 = |b: &[u8], i: usize| u64::from(u16::from_ne_bytes([b[i], b[i + 1]]));
-    let be32 =
-        |b: &[u8], i: usize| u64::from(u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
     let csum = l4 + 16;
     let tot_old = be16(&ip, 2);
     let new_tot = ((ihl + 20) as u16).to_be_bytes();
     let tot_new = u64::from(u16::from_ne_bytes(new_tot));
     let ttl_old = be16(&ip, 8);
     let ttl_new = u64::from(u16::from_ne_bytes([64, ip[9]]));
-    let len_old = u64::from(u16::from_ne_bytes(((doff) as u16).to_be_bytes()));
+    let len_old = u64::from(u16::from_ne_bytes((old_len as u16).to_be_bytes()));
     let len_new = u64::from(u16::from_ne_bytes(20u16.to_be_bytes()));
-    let seq_new = tcp[8..12].try_into().ok().map(u32::from_ne_bytes)?;
-    let flags_new = u64::from(u16::from_ne_bytes([
-        5 << 4,
-        probe_common::parse::tcp_flags::RST,
-    ]));
     // From here the frame changes: a failure drops it (the target sends its SYN-ACK
     // again), it is never passed on half rewritten.
     let rewrite = || -> Option<()> {
-        // Checksums first (the helpers take old and new values), then the bytes.
-        ctx.l4_csum_replace(csum, be32(&tcp, 4), u64::from(seq_new), 4)
-            .ok()?;
-        ctx.l4_csum_replace(csum, be32(&tcp, 8), 0, 4).ok()?;
-        ctx.l4_csum_replace(csum, be16(&tcp, 12), flags_new, 2)
-            .ok()?;
-        ctx.l4_csum_replace(csum, be16(&tcp, 14), 0, 2).ok()?;
-        ctx.l4_csum_replace(csum, be16(&tcp, 18), 0, 2).ok()?;
+        // Checksums first, then the bytes. The header difference does not touch a
+        // checksum the device will complete (CHECKSUM_PARTIAL); the length in the
+        // pseudo header does.
+        ctx.l4_csum_replace(csum, 0, diff as u64, 0).ok()?;
         ctx.l4_csum_replace(csum, len_old, len_new, 2 | u64::from(BPF_F_PSEUDO_HDR))
             .ok()?;
-        let mut w = 0;
-        while w < 20 {
-            if w * 2 < opts {
-                ctx.l4_csum_replace(csum, be16(&opt_buf, w * 2), 0, 2)
-                    .ok()?;
-            }
-            w += 1;
-        }
         ctx.l3_csum_replace(l3 + 10, tot_old, tot_new, 2).ok()?;
         ctx.l3_csum_replace(l3 + 10, ttl_old, ttl_new, 2).ok()?;
-        // Addresses, ports and MACs swap places: no checksum changes.
-        let mut hdr = [0u8; 20];
-        hdr[0] = tcp[2];
-        hdr[1] = tcp[3];
-        hdr[2] = tcp[0];
-        hdr[3] = tcp[1];
-        hdr[4..8].copy_from_slice(&tcp[8..12]);
-        hdr[12] = 5 << 4;
-        hdr[13] = probe_common::parse::tcp_flags::RST;
+        // Addresses and MACs swap places: no checksum changes.
+        let mut hdr = hdr;
         let c: [u8; 2] = ctx.load(csum).ok()?;
         hdr[16] = c[0];
         hdr[17] = c[1];
