@@ -2,8 +2,7 @@
 //! sent straight back out of the interface (`XDP_TX`) when [`ProbeConfig::reset`] is
 //! [`reset::XDP`](crate::config::reset::XDP), instead of passing the SYN-ACK up to the
 //! host's TCP stack to be reset there. (The TC ingress program, `reset::TC`, rewrites
-//! the SYN-ACK's skb into the same RST field by field, with the kernel's checksum
-//! helpers.)
+//! the SYN-ACK's skb into the same RST in place, with the kernel's checksum helpers.)
 //!
 //! The reset is what Linux's `tcp_v4_send_reset` sends for a segment with ACK set
 //! (RFC 9293 3.10.7.1): sequence number = the SYN-ACK's acknowledgement number (our
