@@ -40,7 +40,7 @@ use probe_common::{
     counters::{TcReason, XdpReason},
     parse::{classify_egress, classify_into, l3_offset, Answer, Frame},
     record::{flags, AnswerClass, AnswerRecord, StampKey},
-    reset::{reset_headers, RESET_BUF},
+    reset::{reset_headers, reset_tcp_header, swapped_macs, RESET_BUF},
     EVENTS_BYTES, EVENTS_WAKEUP_BYTES, STAMPS_CAPACITY,
 };
 
@@ -169,13 +169,7 @@ fn xdp_reset(ctx: &XdpContext) -> u32 {
     if new < old && unsafe { bpf_xdp_adjust_tail(ctx.ctx, (new as i32) - (old as i32)) } != 0 {
         return failed(xdp_action::XDP_PASS);
     }
-    let mut swapped = [0u8; 12];
-    let mut i = 0;
-    while i < 6 {
-        swapped[i] = macs[i + 6];
-        swapped[i + 6] = macs[i];
-        i += 1;
-    }
+    let mut swapped = swapped_macs(macs);
     // SAFETY: the helper checks offset and length against the frame; both buffers
     // are ours and at least `len` bytes long.
     let stored = unsafe {
@@ -299,29 +293,27 @@ pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-/// Whether the frame is an IPv4 SYN-ACK to one of our probes with a valid cookie.
+/// Whether the frame is an IPv4 SYN-ACK to one of our probes with a valid cookie (its
+/// answer is then in `SCRATCH`).
 #[inline(always)]
 fn tc_syn_ack_v4(ctx: &TcContext, cfg: &ProbeConfig) -> bool {
-    tc_classify(ctx, cfg).is_some()
-}
-
-#[inline(always)]
-fn tc_classify(ctx: &TcContext, cfg: &ProbeConfig) -> Option<()> {
     // A SYN-ACK is a small frame, linear as it arrives; anything whose headers are not
     // all linear is left to the stack (no pull: that would cost every other packet).
     if ctx.data_end() - ctx.data() < linear_wanted(ctx) {
-        return None;
+        return false;
     }
     let pkt = Packet {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let answer = SCRATCH.get_ptr_mut(0)?;
+    let Some(answer) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU slot, exclusively ours for the duration of this program run.
     let answer = unsafe { &mut *answer };
-    classify_into(&pkt, cfg, answer).ok()?;
-    (answer.class == AnswerClass::Open && answer.key.family == probe_common::family::V4)
-        .then_some(())
+    classify_into(&pkt, cfg, answer).is_ok()
+        && answer.class == AnswerClass::Open
+        && answer.key.family == probe_common::family::V4
 }
 
 /// Rewrite the SYN-ACK (checked by [`tc_syn_ack_v4`]) into its RST and redirect it;
@@ -342,8 +334,7 @@ fn tc_reset(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     let l4 = l3 + ihl;
-    let tcp: [u8; 20] = pkt.load(l4)?;
-    let doff = usize::from(tcp[12] >> 4) * 4;
+    let doff = usize::from(pkt.load::<u8>(l4 + 12)? >> 4) * 4;
     if !(20..=60).contains(&doff) {
         return None;
     }
@@ -372,19 +363,11 @@ fn tc_reset(ctx: &TcContext) -> Option<i32> {
     }
     // Bytes 16 and 17 (the checksum) out, 18 and 19 (the urgent pointer) kept.
     words[4] &= u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    // The reset's TCP header: ports swapped, seq = the SYN-ACK's ack, RST alone, no
-    // window, no options; its checksum field 0 here.
-    let mut hdr = [0u8; 20];
-    hdr[0] = tcp[2];
-    hdr[1] = tcp[3];
-    hdr[2] = tcp[0];
-    hdr[3] = tcp[1];
-    hdr[4] = tcp[8];
-    hdr[5] = tcp[9];
-    hdr[6] = tcp[10];
-    hdr[7] = tcp[11];
-    hdr[12] = 5 << 4;
-    hdr[13] = probe_common::parse::tcp_flags::RST;
+    // The reset's TCP header (checksum field 0 here), for the probe classified into
+    // SCRATCH by `tc_syn_ack_v4`.
+    let answer = SCRATCH.get_ptr(0)?;
+    // SAFETY: per-CPU slot, written by this program run's classification.
+    let hdr = reset_tcp_header(unsafe { &(*answer).key });
     let mut i = 0;
     while i < 5 {
         words[15 + i] =
@@ -431,10 +414,7 @@ fn tc_reset(ctx: &TcContext) -> Option<i32> {
         ctx.store(l3 + 12, &addrs, 0).ok()?;
         ctx.store(l3 + 2, &new_tot, 0).ok()?;
         ctx.store(l3 + 8, &64u8, 0).ok()?;
-        let mut m = [0u8; 12];
-        m[..6].copy_from_slice(&macs[6..]);
-        m[6..].copy_from_slice(&macs[..6]);
-        ctx.store(0, &m, 0).ok()?;
+        ctx.store(0, &swapped_macs(macs), 0).ok()?;
         // SAFETY: trims the frame to its new length; no packet pointer is used after.
         (unsafe { bpf_skb_change_tail(ctx.skb.skb, (l4 + 20) as u32, 0) } == 0).then_some(())
     };

@@ -221,14 +221,7 @@ impl KernelProbes {
     /// # Errors
     /// Both XDP modes failed, or the TC program could not be attached.
     pub fn attach(&mut self, iface: &str) -> Result<XdpAttachMode, KernelError> {
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG_XDP)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: PROG_XDP,
-            })?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
         let mode = match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => XdpAttachMode::Native,
             Err(native) => {
@@ -255,14 +248,7 @@ impl KernelProbes {
             (PROG_TC_EGRESS, TcAttachType::Egress),
             (PROG_TC_INGRESS, TcAttachType::Ingress),
         ] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(KernelError::Missing {
-                    kind: "program",
-                    name,
-                })?;
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
             prog.attach(iface, point)
                 .map_err(|source| KernelError::Attach {
                     program: name,
@@ -351,13 +337,7 @@ impl PeerPass {
         availability()?;
         let bytes = object().ok_or(KernelError::NotEmbedded)?;
         let mut ebpf = Ebpf::load(bytes).map_err(KernelError::Object)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(PROG_XDP_PEER)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: PROG_XDP_PEER,
-            })?;
+        let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP_PEER)?;
         xdp.load().map_err(|source| KernelError::Load {
             program: PROG_XDP_PEER,
             source,
@@ -370,6 +350,22 @@ impl PeerPass {
             })?;
         Ok(Self { _ebpf: ebpf })
     }
+}
+
+/// The loaded object's program `name` as its type (`Xdp`, `SchedClassifier`).
+pub(crate) fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(KernelError::Missing {
+            kind: "program",
+            name,
+        })
 }
 
 /// Format an error with its sources, one line.

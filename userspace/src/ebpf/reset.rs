@@ -127,8 +127,8 @@ impl KernelProbes {
         let sent = self.counters()?.xdp(XdpReason::ResetSent);
         let mut dropped = 0;
         let mut unreadable = None;
-        for iface in self.attached_names() {
-            match tx_dropped(&iface) {
+        for (iface, _) in &self.attached {
+            match tx_dropped(iface) {
                 Ok(n) => dropped += n,
                 Err(e) => unreadable = Some(format!("{iface}: {e}")),
             }

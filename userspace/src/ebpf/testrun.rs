@@ -22,14 +22,7 @@ impl KernelProbes {
     /// # Errors
     /// As [`KernelProbes::run_xdp`].
     pub fn run_xdp_out(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), KernelError> {
-        let xdp: &mut Xdp = self
-            .ebpf_mut()
-            .program_mut(PROG_XDP)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: PROG_XDP,
-            })?;
+        let xdp: &mut Xdp = super::program(self.ebpf_mut(), PROG_XDP)?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -70,14 +63,7 @@ impl KernelProbes {
         program: &'static str,
         frame: &[u8],
     ) -> Result<(i32, Vec<u8>), KernelError> {
-        let tc: &mut aya::programs::SchedClassifier = self
-            .ebpf_mut()
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: program,
-            })?;
+        let tc: &mut aya::programs::SchedClassifier = super::program(self.ebpf_mut(), program)?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),

@@ -387,59 +387,52 @@ impl Slot {
             return ([nop.clone(), nop.clone(), nop.clone(), nop], 0);
         };
         let fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(fd));
-        if op == Op::SendRecv {
-            if self.inbuf.len() < RECV_CHUNK {
-                self.inbuf.resize(RECV_CHUNK, 0);
-            }
-            let rest = &self.out[self.out_off..];
-            let send = opcode::Send::new(
-                fd,
-                rest.as_ptr(),
-                u32::try_from(rest.len()).unwrap_or(u32::MAX),
-            )
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            .build()
-            .user_data(encode(idx, TAG_SEND))
-            .flags(squeue::Flags::IO_LINK);
-            let recv = opcode::Recv::new(fd, self.inbuf.as_mut_ptr(), RECV_CHUNK as u32)
-                .build()
-                .user_data(encode(idx, TAG_RECV))
-                .flags(squeue::Flags::IO_LINK);
-            self.linked_send = true;
-            self.recv_pending = true;
-            return ([send, recv, timeout, nop], 3);
-        }
-        let e = match op {
-            Op::Connect => opcode::Connect::new(fd, self.addr.as_ptr(), self.addr.len)
-                .build()
-                .user_data(encode(idx, TAG_CONNECT)),
-            Op::Send => {
-                let rest = &self.out[self.out_off..];
-                opcode::Send::new(
-                    fd,
-                    rest.as_ptr(),
-                    u32::try_from(rest.len()).unwrap_or(u32::MAX),
-                )
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(encode(idx, TAG_SEND))
-            }
-            // Not reached: handled above.
-            Op::SendRecv => return ([nop.clone(), nop.clone(), nop.clone(), nop], 0),
-            Op::Recv => {
-                if self.inbuf.len() < RECV_CHUNK {
-                    self.inbuf.resize(RECV_CHUNK, 0);
-                }
-                self.recv_pending = true;
-                opcode::Recv::new(fd, self.inbuf.as_mut_ptr(), RECV_CHUNK as u32)
+        let link = squeue::Flags::IO_LINK;
+        match op {
+            Op::Connect => {
+                let e = opcode::Connect::new(fd, self.addr.as_ptr(), self.addr.len)
                     .build()
-                    .user_data(encode(idx, TAG_RECV))
+                    .user_data(encode(idx, TAG_CONNECT));
+                ([e.flags(link), timeout, nop.clone(), nop], 2)
             }
-        };
-        (
-            [e.flags(squeue::Flags::IO_LINK), timeout, nop.clone(), nop],
-            2,
+            Op::Send => (
+                [self.send(fd, idx, 0).flags(link), timeout, nop.clone(), nop],
+                2,
+            ),
+            Op::Recv => (
+                [self.recv(fd, idx).flags(link), timeout, nop.clone(), nop],
+                2,
+            ),
+            Op::SendRecv => {
+                let send = self.send(fd, idx, libc::MSG_DONTWAIT).flags(link);
+                self.linked_send = true;
+                ([send, self.recv(fd, idx).flags(link), timeout, nop], 3)
+            }
+        }
+    }
+
+    /// The send of what is left of `out` (`MSG_NOSIGNAL` and `flags`).
+    fn send(&self, fd: types::Fd, idx: u32, flags: i32) -> squeue::Entry {
+        let rest = &self.out[self.out_off..];
+        opcode::Send::new(
+            fd,
+            rest.as_ptr(),
+            u32::try_from(rest.len()).unwrap_or(u32::MAX),
         )
+        .flags(libc::MSG_NOSIGNAL | flags)
+        .build()
+        .user_data(encode(idx, TAG_SEND))
+    }
+
+    /// A receive into the slot's buffer; it is pending until its completion.
+    fn recv(&mut self, fd: types::Fd, idx: u32) -> squeue::Entry {
+        if self.inbuf.len() < RECV_CHUNK {
+            self.inbuf.resize(RECV_CHUNK, 0);
+        }
+        self.recv_pending = true;
+        opcode::Recv::new(fd, self.inbuf.as_mut_ptr(), RECV_CHUNK as u32)
+            .build()
+            .user_data(encode(idx, TAG_RECV))
     }
 
     /// Once the verdict is in and nothing else is outstanding: the SQE closing the
