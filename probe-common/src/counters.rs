@@ -110,7 +110,8 @@ reasons! {
             StampedEcho = "stamped_echo",
             /// Stamped a UDP probe.
             StampedUdp = "stamped_udp",
-            /// The stamp map refused the update.
+            /// The stamp array had no slot for the key (cannot happen with an index below
+            /// its size; kept so a broken map is counted, not silent).
             StampFailed = "stamp_failed",
         ]
         aux: []

@@ -13,6 +13,7 @@ pub mod craft;
 pub mod parse;
 pub mod record;
 pub mod reset;
+pub mod stamp;
 
 /// Name of the XDP ingress program in the object file.
 pub const PROG_XDP: &str = "sonde_xdp";
@@ -28,7 +29,7 @@ pub const PROG_TC_EGRESS: &str = "sonde_tc_egress";
 pub const MAP_CONFIG: &str = "SONDE_CONFIG";
 /// Ring buffer of [`record::AnswerRecord`]s, kernel to userspace.
 pub const MAP_EVENTS: &str = "SONDE_EVENTS";
-/// LRU hash of egress stamps: [`record::StampKey`] to send time (ns, `CLOCK_MONOTONIC`).
+/// Array of egress stamps: send times in the slots [`record::StampKey`]s hash to ([`stamp`]).
 pub const MAP_STAMPS: &str = "SONDE_STAMPS";
 /// Per-CPU array of XDP counters, indexed by [`counters::XdpReason`].
 pub const MAP_XDP_COUNTERS: &str = "SONDE_XDP_COUNTERS";
@@ -47,9 +48,6 @@ pub const EVENTS_WAKEUP_BYTES: u64 = (EVENTS_BYTES / 16) as u64;
 /// [`EVENTS_WAKEUP_BYTES`] wake nobody, so they wait at most this long (their kernel
 /// timestamps are taken on arrival and do not include it).
 pub const EVENTS_POLL_MS: u32 = 1;
-/// Capacity of the egress stamp map: at most this many probes are in flight with a
-/// kernel timestamp; older stamps are evicted (LRU) and their answers count as `no_stamp`.
-pub const STAMPS_CAPACITY: u32 = 1 << 18;
 
 /// IP protocol numbers used by the parser.
 pub mod proto {

@@ -2,7 +2,8 @@
 //!
 //! - `sonde_tc_egress` (TC, egress): stamps the kernel send time of each of our probes
 //!   (TCP SYN from a reserved port, ICMP echo with our identifier, UDP from a reserved
-//!   port) into an LRU map keyed by the probe's flow and cookie.
+//!   port) into a direct-mapped array, in the slot its flow and cookie hash to
+//!   (`probe_common::stamp`).
 //! - `sonde_xdp` (XDP, ingress): classifies answers to those probes (SYN-ACK, RST, echo
 //!   reply, ICMP error quoting a probe, UDP reply), validates the TCP cookie, computes the
 //!   kernel RTT against the egress stamp and hands a record to userspace through a ring
@@ -17,10 +18,6 @@
 //! counter.
 #![no_std]
 #![no_main]
-#![expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys are passed by reference on purpose: a by-value key is copied onto the 512-byte BPF stack"
-)]
 
 use aya_ebpf::{
     bindings::{
@@ -32,16 +29,16 @@ use aya_ebpf::{
         bpf_xdp_store_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use probe_common::{
     config::{reset, ProbeConfig},
     counters::{TcReason, XdpReason},
     parse::{classify_egress, classify_into, l3_offset, Answer, Frame},
-    record::{flags, AnswerClass, AnswerRecord, StampKey},
+    record::{flags, AnswerClass, AnswerRecord},
     reset::{reset_headers, reset_tcp_header, swapped_macs, RESET_BUF},
-    EVENTS_BYTES, EVENTS_WAKEUP_BYTES, STAMPS_CAPACITY,
+    stamp, EVENTS_BYTES, EVENTS_WAKEUP_BYTES,
 };
 
 #[map(name = "SONDE_CONFIG")]
@@ -51,7 +48,7 @@ static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "SONDE_STAMPS")]
-static STAMPS: LruHashMap<StampKey, u64> = LruHashMap::with_max_entries(STAMPS_CAPACITY, 0);
+static STAMPS: Array<u64> = Array::with_max_entries(stamp::SLOTS, 0);
 
 /// Scratch space for the answer being classified (too big for the BPF stack).
 #[map(name = "SONDE_SCRATCH")]
@@ -210,12 +207,19 @@ fn xdp_classify(ctx: &XdpContext) -> XdpReason {
         0
     };
     let mut tx_ns = 0;
-    // SAFETY: the value is copied out before the entry can be evicted or removed.
-    if let Some(t) = unsafe { STAMPS.get(&answer.key) } {
-        tx_ns = *t;
-        rec_flags |= flags::STAMPED;
+    let slot = stamp::slot(&answer.key);
+    if let Some(t) = STAMPS.get_ptr_mut(slot.index).and_then(|p| {
+        // SAFETY: an array slot, valid for the map's lifetime; one aligned 64-bit
+        // load, never torn by a writer on another CPU.
+        let v = unsafe { core::ptr::read_volatile(p) };
+        let t = stamp::unpack(v, slot.tag, rx_ns)?;
         // One answer per stamp: a duplicate answer is recorded without a kernel RTT.
-        let _ = STAMPS.remove(&answer.key);
+        // SAFETY: as above, one aligned 64-bit store.
+        unsafe { core::ptr::write_volatile(p, 0) };
+        Some(t)
+    }) {
+        tx_ns = t;
+        rec_flags |= flags::STAMPED;
     } else {
         bump(&XDP_COUNTERS, XdpReason::NoStamp as u32);
     }
@@ -464,11 +468,15 @@ fn tc_stamp(ctx: &TcContext) -> TcReason {
         Ok(k) => k,
         Err(r) => return r,
     };
+    let slot = stamp::slot(&key);
+    let Some(p) = STAMPS.get_ptr_mut(slot.index) else {
+        return TcReason::StampFailed;
+    };
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if STAMPS.insert(&key, &now, 0).is_err() {
-        return TcReason::StampFailed;
-    }
+    // SAFETY: an array slot, valid for the map's lifetime; one aligned 64-bit store,
+    // which a reader on another CPU sees whole or not at all.
+    unsafe { core::ptr::write_volatile(p, stamp::pack(slot.tag, now)) };
     reason
 }
 

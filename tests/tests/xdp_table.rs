@@ -747,6 +747,61 @@ fn egress_stamp_gives_kernel_rtt() {
     assert_eq!(dup[0].flags & flags::STAMPED, 0);
 }
 
+/// Two probes whose keys hash to one slot of the stamp array: the later stamp replaces
+/// the earlier, whose answer is then recorded without a kernel RTT and counted
+/// `no_stamp` (never given the other probe's time); the later probe's answer is timed.
+#[test]
+fn a_later_probe_in_the_same_slot_takes_it() {
+    let Some(mut k) = load() else { return };
+    let (us, them) = (v4(US4), v4(THEM4));
+    let cfg = config();
+    let id = cfg.icmp_id;
+    // Echo requests differ in their sequence number only: find two in one slot.
+    let slot_of = |seq: u16| {
+        let (key, _) =
+            probe_common::parse::classify_egress(echo_request(us, them, id, seq).as_slice(), &cfg)
+                .expect("our echo request");
+        probe_common::stamp::slot(&key)
+    };
+    let mut seen = std::collections::HashMap::new();
+    let (first, second) = (0..=u16::MAX)
+        .find_map(|seq| {
+            let s = slot_of(seq);
+            match seen.insert(s.index, (seq, s.tag)) {
+                Some((earlier, tag)) if tag != s.tag => Some((earlier, seq)),
+                _ => None,
+            }
+        })
+        .expect("65,536 keys in 2^20 slots share some slots");
+    let before = k.counters().expect("counters");
+    k.run_tc(&echo_request(us, them, id, first))
+        .expect("tc run");
+    k.run_tc(&echo_request(us, them, id, second))
+        .expect("tc run");
+    for seq in [first, second] {
+        assert_eq!(
+            k.run_xdp(&echo_reply(us, them, id, seq)).expect("xdp run"),
+            XDP_DROP
+        );
+    }
+    let d = k.counters().expect("counters").since(&before);
+    let mut recs = Vec::new();
+    k.drain(|r| recs.push(r));
+    assert_eq!(recs.len(), 2, "both answers recorded");
+    assert_eq!(recs[0].key.remote_port, first);
+    assert_eq!(
+        recs[0].flags & flags::STAMPED,
+        0,
+        "overwritten: {:?}",
+        recs[0]
+    );
+    assert_eq!((recs[0].tx_ns, recs[0].rtt_ns), (0, 0));
+    assert_eq!(recs[1].key.remote_port, second);
+    assert_ne!(recs[1].flags & flags::STAMPED, 0, "{:?}", recs[1]);
+    assert_eq!(d.tc(TcReason::StampedEcho), 2);
+    assert_eq!(d.xdp(XdpReason::NoStamp), 1);
+}
+
 #[test]
 fn disabled_until_configured() {
     if !lab::kernel_programs_or_skip() {
