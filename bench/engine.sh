@@ -34,7 +34,9 @@
 #      limit, machine CPU % compares the cost per probe of two builds), SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
 #      every HTTP tool, default 64), RESETS (who resets the SYN-ACKs to sonde's probes, the
 #      daemon's `syn_ack_reset`: tc, its default; xdp; stack, the prober's TCP stack as
-#      for zmap),
+#      for zmap), ANSWER_HOOK (which program classifies the answers to sonde's syn, icmp and
+#      udp probes, the daemon's `answer_hook`: auto, its default, which is TC ingress on
+#      this lab's veth; xdp; tc),
 #      TARGET_XDP=1 (during the syn row the target's end of the veth runs a pass-everything
 #      XDP program, without which a veth drops what XDP sends back; zmap aborts on the
 #      send failures this lab then has at full rate, so use with PEERS=0 or SONDE_RATE), HTTP_ADDR (default 198.19.0.1), HTTP_MANY (default
@@ -54,6 +56,7 @@ ZMAP_THREADS=${ZMAP_THREADS:-1}  # zmap send threads (-T); 1 as in the shared pe
 PEERS=${PEERS:-1}         # 0: sonde's rows only (syn, icmp, udp), for A/B runs of sonde builds
 SYN_PORT=${SYN_PORT:-80}   # 80: open (SYN-ACK, the prober resets it); 81: closed (RST)
 RESETS=${RESETS:-tc}         # sonde-bench --resets: tc (the daemon's default), xdp, stack
+ANSWER_HOOK=${ANSWER_HOOK:-auto}  # sonde-bench --answer-hook: auto (the daemon's default), xdp, tc
 TARGET_XDP=${TARGET_XDP:-0}  # 1: syn row with a pass-everything XDP program on vt0 (see README)
 HTTP_PORT=8080
 HTTP_ADDR=${HTTP_ADDR:-198.19.0.1}
@@ -329,7 +332,7 @@ EOF
 sonde() {  # WORK PORT INFLIGHT
   run "sonde-$1" "$2" "$BIN" "$1" --duration "$DUR" --targets "$TARGETS" --port "$3" \
     --inflight "$4" --threads 2 --iface vp0 ${SONDE_RATE:+--rate "$SONDE_RATE"} \
-    --resets "$RESETS"
+    --resets "$RESETS" --answer-hook "$ANSWER_HOOK"
 }
 zmap_run() {  # NAME KIND ARGS...
   local name=$1 kind=$2; shift 2

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use probe_common::counters::{TcReason, XdpReason};
 use serde_json::{json, Value};
 use sonde::{
-    ebpf::{Counters, KernelProbes, ResetMode},
+    ebpf::{AnswerHook, Counters, KernelProbes, ResetMode},
     engine::{
         result::{CheckResult, Reason},
         round::new_config,
@@ -96,14 +96,19 @@ fn http_probe(args: &Args, keepalive: bool) -> ProbeSpec {
 }
 
 /// Load, configure and attach the kernel programs; the engine gets the ring buffer.
-fn kernel(iface: &str, resets: &str) -> Result<(KernelProbes, StatelessParts)> {
+fn kernel(iface: &str, resets: &str, hook: &str) -> Result<(KernelProbes, StatelessParts)> {
     let cfg = new_config(PortRange::DEFAULT);
     let mut k = KernelProbes::load().context("loading the kernel programs")?;
     k.set_config(&cfg).context("writing the probe config")?;
-    k.attach(iface)
+    let mode = ResetMode::parse(resets).context("--resets")?;
+    // As the daemon's `answer_hook`: resets from XDP need the XDP program.
+    let hook = match (AnswerHook::parse(hook).context("--answer-hook")?, mode) {
+        (AnswerHook::Auto, ResetMode::Xdp) => AnswerHook::Xdp,
+        (h, _) => h,
+    };
+    k.attach_with(iface, hook)
         .with_context(|| format!("attaching to {iface}"))?;
     // As the daemon's `syn_ack_reset` (with xdp, the guard runs in `run`).
-    let mode = ResetMode::parse(resets).context("--resets")?;
     k.set_reset(mode).context("setting who resets SYN-ACKs")?;
     PortRange::DEFAULT
         .reserve()
@@ -173,7 +178,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         VecDeque::new()
     };
     let (kprobes, parts) = if stateless {
-        let (k, p) = kernel(&args.iface, &args.resets)?;
+        let (k, p) = kernel(&args.iface, &args.resets, &args.answer_hook)?;
         (Some(k), Some(p))
     } else {
         (None, None)
@@ -291,6 +296,7 @@ pub fn run(args: &Args, work: Work, addrs: &[Ipv4Addr], dur: Duration) -> Result
         "closed_loop": closed_loop,
         "missing_results": outstanding,
         "syn_ack_reset": kprobes.as_ref().map(|k| k.reset_state().mode.name()),
+        "answer_hook": kprobes.as_ref().and_then(|k| k.attached().first().map(|(_, i)| i.describe())),
         "xdp_reset_off": reset_off,
         "engine": engine.stats(),
         "kernel": kernel,

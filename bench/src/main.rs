@@ -116,6 +116,11 @@ pub struct Args {
     /// xdp (watched by its guard once a second) or stack.
     #[arg(long, default_value = "tc", value_parser = ["tc", "xdp", "stack"])]
     pub resets: String,
+    /// syn, icmp, udp: which program classifies the answers (the daemon's
+    /// `answer_hook`): auto (its default: TC ingress on a veth), xdp or tc. With
+    /// `--resets xdp`, auto means xdp, as in the daemon.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "xdp", "tc"])]
+    pub answer_hook: String,
 }
 
 /// What a run counted.

@@ -76,6 +76,8 @@ pub fn probe_config() -> ProbeConfig {
         icmp_id: 0x5d0e,
         enabled: 1,
         reset: 0,
+        ingress: 0,
+        _pad: [0; 7],
     }
 }
 

@@ -20,6 +20,20 @@ pub struct ProbeConfig {
     /// back out of the interface, `bpf_redirect`) or the XDP program (`XDP_TX`). Also
     /// keeps the struct free of uninitialised bytes (it was padding).
     pub reset: u8,
+    /// Which ingress program classifies answers ([`ingress`]): XDP, or TC ingress on
+    /// interfaces where XDP would cost more than it saves (veth).
+    pub ingress: u8,
+    /// Explicit padding: map values must have no uninitialised bytes.
+    pub _pad: [u8; 7],
+}
+
+/// Values of [`ProbeConfig::ingress`].
+pub mod ingress {
+    /// `sonde_xdp` classifies and records answers; TC ingress only resets SYN-ACKs.
+    pub const XDP: u8 = 0;
+    /// `sonde_tc_ingress` classifies and records answers (the XDP program, if
+    /// attached, passes everything).
+    pub const TC: u8 = 1;
 }
 
 /// Values of [`ProbeConfig::reset`].

@@ -40,7 +40,8 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// Why the XDP program ended as it did. Indexes the XDP counter map.
+    /// Why the answer classifier (the XDP program, or TC ingress with `ingress::TC`)
+    /// ended as it did. Indexes the XDP counter map.
     XdpReason {
         exclusive: [
             /// No config written yet: pass everything.
@@ -78,6 +79,9 @@ reasons! {
             AnswerUnreachable = "answer_unreachable",
             /// UDP datagram to a probe port. Recorded and dropped.
             AnswerUdp = "answer_udp",
+            /// TC ingress classifies (`ingress::TC`) and the frame's headers were not
+            /// all in the socket buffer's linear part: passed to the stack unclassified.
+            NotLinear = "not_linear",
         ]
         aux: [
             /// An answer was recorded without an egress stamp (evicted, or sent before attach).

@@ -71,6 +71,8 @@ fn cfg() -> ProbeConfig {
         icmp_id: ICMP_ID,
         enabled: 1,
         reset: 0,
+        ingress: 0,
+        _pad: [0; 7],
     }
 }
 

@@ -22,7 +22,7 @@
 use aya_ebpf::{
     bindings::{
         xdp_action, BPF_F_PSEUDO_HDR, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        TC_ACT_OK, TC_ACT_UNSPEC,
+        TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::{
         bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail,
@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use probe_common::{
-    config::{reset, ProbeConfig},
+    config::{ingress, reset, ProbeConfig},
     counters::{TcReason, XdpReason},
     parse::{classify_egress, classify_into, l3_offset, Answer, Frame},
     record::{flags, AnswerClass, AnswerRecord},
@@ -107,7 +107,17 @@ fn config() -> Option<ProbeConfig> {
 
 #[xdp]
 pub fn sonde_xdp(ctx: XdpContext) -> u32 {
-    let reason = xdp_classify(&ctx);
+    let reason = match config() {
+        Some(cfg) if cfg.ingress == ingress::XDP => classify_record(
+            &Packet {
+                start: ctx.data(),
+                end: ctx.data_end(),
+            },
+            &cfg,
+        ),
+        // No config yet, or TC ingress classifies: pass everything.
+        _ => XdpReason::Disabled,
+    };
     bump(&XDP_COUNTERS, reason as u32);
     match reason {
         // A SYN-ACK to our probe goes on to the prober's own TCP stack, which holds no
@@ -181,22 +191,18 @@ fn xdp_reset(ctx: &XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Classify the frame in `pkt`; an answer to one of our probes is recorded in the
+/// ring buffer with its kernel RTT, and left in `SCRATCH`. Shared by XDP and, with
+/// `ingress::TC`, the TC ingress program.
 #[inline(always)]
-fn xdp_classify(ctx: &XdpContext) -> XdpReason {
-    let Some(cfg) = config() else {
-        return XdpReason::Disabled;
-    };
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
+fn classify_record(pkt: &Packet, cfg: &ProbeConfig) -> XdpReason {
     // The answer is built in per-CPU map memory, not on the 512-byte stack.
     let Some(answer) = SCRATCH.get_ptr_mut(0) else {
         return XdpReason::Disabled;
     };
     // SAFETY: per-CPU slot, exclusively ours for the duration of this program run.
     let answer = unsafe { &mut *answer };
-    if let Err(r) = classify_into(&pkt, &cfg, answer) {
+    if let Err(r) = classify_into(pkt, cfg, answer) {
         return r;
     }
     // SAFETY: helper with no arguments.
@@ -282,24 +288,79 @@ pub fn sonde_xdp_peer(_ctx: XdpContext) -> u32 {
 /// (checksum offload on send, CHECKSUM_COMPLETE on receive) stays right. IPv4 only.
 #[classifier]
 pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
-    match config() {
-        Some(cfg) if cfg.reset == reset::TC && tc_syn_ack_v4(&ctx, &cfg) => {
-            match tc_reset(&ctx) {
-                Some(action) => action,
-                None => {
-                    // Untouched: the host's stack resets it.
-                    bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
-                    TC_ACT_OK
-                }
+    let Some(cfg) = config() else {
+        return TC_ACT_OK;
+    };
+    // The classifier and the reset each run in a BPF subprogram of their own, called
+    // one after the other: the verifier allows 512 bytes of stack for the deepest
+    // chain of calls, and either one alone takes most of it.
+    let action = if cfg.ingress == ingress::TC {
+        tc_answer(&ctx, &cfg)
+    } else if cfg.reset == reset::TC && tc_syn_ack_v4(&ctx, &cfg) {
+        WANT_RESET
+    } else {
+        TC_ACT_OK
+    };
+    if action != WANT_RESET {
+        return action;
+    }
+    tc_reset(&ctx).unwrap_or_else(|| {
+        // Untouched: the host's stack resets it.
+        bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
+        TC_ACT_OK
+    })
+}
+
+/// [`tc_answer`]'s verdict for an IPv4 SYN-ACK to reset with [`tc_reset`] (not a
+/// `TC_ACT_*` value).
+const WANT_RESET: i32 = i32::MIN;
+
+/// With `ingress::TC`: what `sonde_xdp` does, here. Answers are recorded and
+/// dropped, an IPv4 SYN-ACK is to be reset ([`WANT_RESET`]) when `reset` is `TC` and
+/// otherwise goes to the stack (`reset::XDP` cannot apply here), everything else
+/// goes on. A frame whose headers are not all in the skb's linear part is passed and
+/// counted `not_linear` (no pull: it would cost every other packet); answers arrive
+/// linear from the stacks that make them.
+#[inline(never)]
+fn tc_answer(ctx: &TcContext, cfg: &ProbeConfig) -> i32 {
+    if ctx.data_end() - ctx.data() < linear_wanted(ctx) {
+        bump(&XDP_COUNTERS, XdpReason::NotLinear as u32);
+        return TC_ACT_OK;
+    }
+    let reason = classify_record(
+        &Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        },
+        cfg,
+    );
+    bump(&XDP_COUNTERS, reason as u32);
+    match reason {
+        XdpReason::AnswerOpen if cfg.reset == reset::TC => {
+            // SCRATCH holds this SYN-ACK's answer; IPv6 goes to the stack.
+            // SAFETY: per-CPU slot, written by this program run's classification.
+            let v4 = SCRATCH
+                .get_ptr(0)
+                .is_some_and(|a| unsafe { (*a).key.family } == probe_common::family::V4);
+            if v4 {
+                WANT_RESET
+            } else {
+                TC_ACT_OK
             }
         }
+        XdpReason::BadCookie
+        | XdpReason::RingFull
+        | XdpReason::AnswerClosed
+        | XdpReason::AnswerEcho
+        | XdpReason::AnswerUnreachable
+        | XdpReason::AnswerUdp => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
 }
 
 /// Whether the frame is an IPv4 SYN-ACK to one of our probes with a valid cookie (its
-/// answer is then in `SCRATCH`).
-#[inline(always)]
+/// answer is then in `SCRATCH`). A BPF subprogram (see `sonde_tc_ingress`).
+#[inline(never)]
 fn tc_syn_ack_v4(ctx: &TcContext, cfg: &ProbeConfig) -> bool {
     // A SYN-ACK is a small frame, linear as it arrives; anything whose headers are not
     // all linear is left to the stack (no pull: that would cost every other packet).
@@ -321,8 +382,9 @@ fn tc_syn_ack_v4(ctx: &TcContext, cfg: &ProbeConfig) -> bool {
 }
 
 /// Rewrite the SYN-ACK (checked by [`tc_syn_ack_v4`]) into its RST and redirect it;
-/// `None` if that cannot be done with the frame still intact.
-#[inline(always)]
+/// `None` if that cannot be done with the frame still intact. A BPF subprogram (see
+/// `sonde_tc_ingress`).
+#[inline(never)]
 fn tc_reset(ctx: &TcContext) -> Option<i32> {
     let pkt = Packet {
         start: ctx.data(),
@@ -424,7 +486,7 @@ fn tc_reset(ctx: &TcContext) -> Option<i32> {
     };
     if rewrite().is_none() {
         bump(&XDP_COUNTERS, XdpReason::ResetFailed as u32);
-        return Some(aya_ebpf::bindings::TC_ACT_SHOT);
+        return Some(TC_ACT_SHOT);
     }
     bump(&XDP_COUNTERS, XdpReason::ResetSent as u32);
     // SAFETY: the ifindex the frame came in on; flags 0 = its egress.

@@ -30,6 +30,8 @@ pub fn config() -> ProbeConfig {
         icmp_id: 0x5d0e,
         enabled: 1,
         reset: 0,
+        ingress: 0,
+        _pad: [0; 7],
     }
 }
 

@@ -58,6 +58,7 @@ fn info() -> DaemonInfo {
         checks: 0,
         per_target_pps: 50.0,
         syn_ack_reset: None,
+        answer_hook: None,
     }
 }
 

@@ -205,7 +205,7 @@ fn icmp_probes_are_timed_by_the_kernel() {
     let stdout = text(&out.stdout);
     assert!(
         stdout.starts_with(
-            "PROBE tcp_syn 198.18.0.2:22: 1 probe, timeout 100 ms; kernel timestamps (XDP "
+            "PROBE tcp_syn 198.18.0.2:22: 1 probe, timeout 100 ms; kernel timestamps, answers at TC ingress (veth"
         ),
         "{stdout}"
     );

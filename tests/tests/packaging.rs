@@ -320,6 +320,7 @@ fn representative_metrics() -> String {
             checks: statuses.len(),
             per_target_pps: 50.0,
             syn_ack_reset: None,
+            answer_hook: None,
         },
         statuses,
         outcomes,

@@ -1,6 +1,7 @@
 //! The first real probe path, end to end in network namespaces: raw SYN and ICMP probes
-//! from a prober namespace (XDP attached natively on its veth end) to a target
-//! namespace, classified and timed by the kernel programs.
+//! from a prober namespace to a target namespace, classified and timed by the kernel
+//! programs: at XDP (attached natively on the prober's veth end), and at TC ingress,
+//! which `answer_hook = "auto"` picks on a veth.
 
 use std::{
     net::{IpAddr, Ipv4Addr, TcpListener},
@@ -10,7 +11,7 @@ use std::{
 use probe_common::counters::{TcReason, XdpReason};
 use sonde::{
     cli::{probe_session, AnswerPath},
-    ebpf::XdpAttachMode,
+    ebpf::{AnswerHook, Ingress, XdpAttachMode},
     engine::{Clock, Outcome, PortRange, ProbeKind},
     lab::{self, Lab},
 };
@@ -23,6 +24,31 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn syn_and_icmp_probes_through_the_kernel_path() {
+    probes_through(AnswerHook::Xdp, |i| {
+        assert_eq!(
+            i,
+            &Ingress::Xdp {
+                mode: XdpAttachMode::Native
+            },
+            "XDP must attach natively on veth"
+        );
+    });
+}
+
+#[test]
+fn auto_classifies_at_tc_ingress_on_a_veth() {
+    probes_through(AnswerHook::Auto, |i| {
+        assert!(
+            matches!(i, Ingress::Tc { why } if why.contains("veth")),
+            "auto on a veth: {i:?}"
+        );
+    });
+}
+
+/// Three rounds of SYN (open, closed port) and ICMP probes (answered, silent) with
+/// answers classified where `hook` says (`check` looks at the choice): the same
+/// outcomes, kernel RTTs and counters either way.
+fn probes_through(hook: AnswerHook, check: impl FnOnce(&Ingress)) {
     if !lab::kernel_programs_or_skip() {
         return;
     }
@@ -44,14 +70,15 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
     let (mode, rounds) = lab
         .prober
         .run(move || {
-            let mut s = probe_session(&iface, PortRange::DEFAULT, false).expect("kernel session");
+            let mut s =
+                probe_session(&iface, PortRange::DEFAULT, false, hook).expect("kernel session");
             // Several rounds: source ports rotate, stamps are consumed, counters add up.
             let rounds: Vec<_> = (0..3)
                 .map(|_| s.probe(&targets, TIMEOUT).expect("probe round"))
                 .collect();
             (
                 match &s.path {
-                    AnswerPath::Kernel { mode, .. } => mode.clone(),
+                    AnswerPath::Kernel { ingress, .. } => ingress.clone(),
                     AnswerPath::Userspace { reason, .. } => {
                         panic!("kernel path expected: {reason}")
                     }
@@ -60,11 +87,7 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
             )
         })
         .expect("enter prober");
-    assert_eq!(
-        mode,
-        XdpAttachMode::Native,
-        "XDP must attach natively on veth"
-    );
+    check(&mode);
 
     for (i, (results, stats, counters)) in rounds.iter().enumerate() {
         let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
@@ -125,7 +148,7 @@ fn syn_and_icmp_probes_through_the_kernel_path() {
         assert_eq!(counters.tc(TcReason::StampFailed), 0, "round {i}");
     }
     // Each round's SYN to port 80 came from a different source port, and the prober's
-    // kernel reset each SYN-ACK (XDP passed it on): the target keeps no half-open
+    // kernel reset each SYN-ACK (XDP or TC passed it on): the target keeps no half-open
     // connection.
     let ports: std::collections::HashSet<u16> =
         rounds.iter().map(|(r, _, _)| r[0].local_port).collect();
@@ -189,7 +212,8 @@ fn userspace_fallback_classifies_the_same_answers() {
     let (results, stats, counters, userspace) = lab
         .prober
         .run(move || {
-            let mut s = probe_session(&iface, PortRange::DEFAULT, true).expect("session");
+            let mut s =
+                probe_session(&iface, PortRange::DEFAULT, true, AnswerHook::Auto).expect("session");
             let userspace = matches!(s.path, AnswerPath::Userspace { .. });
             let (r, st, c) = s.probe(&targets, TIMEOUT).expect("round");
             (r, st, c, userspace)

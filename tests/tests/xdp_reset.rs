@@ -13,7 +13,7 @@ use std::{
 
 use probe_common::counters::XdpReason;
 use sonde::{
-    ebpf::{KernelProbes, PeerPass, ResetMode},
+    ebpf::{AnswerHook, KernelError, KernelProbes, PeerPass, ResetMode},
     engine::{
         result::Reason,
         round::new_config,
@@ -26,13 +26,18 @@ use sonde::{
 use sonde_tests::checks::check;
 
 fn setup(lab: &Lab, mode: ResetMode) -> (Engine, KernelProbes) {
+    setup_at(lab, mode, AnswerHook::Xdp)
+}
+
+/// As [`setup`], answers classified where `hook` says.
+fn setup_at(lab: &Lab, mode: ResetMode, hook: AnswerHook) -> (Engine, KernelProbes) {
     let iface = lab.link.a.name.clone();
     lab.prober
         .run(move || {
             let cfg = new_config(PortRange::DEFAULT);
             let mut k = KernelProbes::load().expect("load");
             k.set_config(&cfg).expect("config");
-            k.attach(&iface).expect("attach");
+            k.attach_with(&iface, hook).expect("attach");
             k.set_reset(mode).expect("who resets SYN-ACKs");
             PortRange::DEFAULT.reserve().expect("reserve ports");
             let parts = StatelessParts {
@@ -162,6 +167,27 @@ fn resets_from_tc_leave_no_half_open_connection() {
 }
 
 #[test]
+fn resets_from_tc_when_tc_also_classifies() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    // No XDP program at all: TC ingress classifies, records and resets.
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = listener(&lab);
+    let (engine, mut k) = setup_at(&lab, ResetMode::Tc, AnswerHook::Tc);
+    kernel_resets_all(&lab, &engine, &k, 300, 0);
+    // Resets from XDP need the XDP program: refused, and the TC resets stay.
+    let refused = k.set_reset(ResetMode::Xdp);
+    assert!(
+        matches!(&refused, Err(KernelError::Conflict { what }) if what.contains("answer_hook")),
+        "{refused:?}"
+    );
+    assert_eq!(k.reset_state().mode, ResetMode::Tc);
+    kernel_resets_all(&lab, &engine, &k, 20, 1000);
+    engine.shutdown();
+}
+
+#[test]
 fn resets_from_xdp_leave_no_half_open_connection() {
     if !lab::kernel_programs_or_skip() {
         return;
@@ -236,9 +262,17 @@ fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 fn daemon_in(lab: &Lab, tag: &str) -> (sonde_tests::daemon::Daemon, sonde_tests::daemon::TempDir) {
+    daemon_with(lab, tag, DAEMON_CONFIG)
+}
+
+fn daemon_with(
+    lab: &Lab,
+    tag: &str,
+    text: &str,
+) -> (sonde_tests::daemon::Daemon, sonde_tests::daemon::TempDir) {
     let dir = sonde_tests::daemon::TempDir::new(tag);
     let config = dir.0.join("checks.toml");
-    std::fs::write(&config, DAEMON_CONFIG).expect("write config");
+    std::fs::write(&config, text).expect("write config");
     let iface = lab.link.a.name.clone();
     let d = sonde_tests::daemon::Daemon::start(&lab.prober, &dir.0, &config, &["--iface", &iface]);
     (d, dir)
@@ -260,6 +294,9 @@ fn the_daemon_resets_from_xdp_when_asked() {
     std::thread::sleep(Duration::from_millis(2500));
     let info = d.client().get("/v1/info").expect("info");
     assert_eq!(info["syn_ack_reset"]["mode"], "xdp", "{info}");
+    // Resets from XDP need the XDP program: `auto` takes it, veth or not.
+    assert_eq!(info["answer_hook"]["hook"], "xdp", "{info}");
+    assert_eq!(info["answer_hook"]["mode"], "native", "{info}");
     let text = d.client().metrics().expect("metrics");
     let mode = |m: &str| metric(&text, "sonde_syn_ack_reset_mode", &format!("mode=\"{m}\""));
     assert_eq!((mode("xdp"), mode("tc")), (Some(1.0), Some(0.0)));
@@ -304,4 +341,43 @@ fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
     assert_eq!((mode("xdp"), mode("tc")), (Some(0.0), Some(1.0)));
     wait_no_half_open(&lab);
     d.wait_all(&["syn"], "healthy", Duration::from_secs(1));
+}
+
+/// The daemon's defaults on a veth: answers classified at TC ingress (`answer_hook =
+/// "auto"`), SYN-ACKs reset there too; a SYN and an ICMP check are healthy, timed by
+/// the kernel, and the target is left with no half-open connection.
+#[test]
+fn the_daemon_classifies_at_tc_ingress_on_a_veth() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = listener(&lab);
+    let config = DAEMON_CONFIG.replace("[daemon]\nsyn_ack_reset = \"xdp\"\n", "")
+        + r#"
+[[check]]
+id = "echo"
+target = "198.18.0.2"
+kind = "icmp"
+interval = "200ms"
+timeout = "100ms"
+rise = 1
+"#;
+    assert!(!config.contains("[daemon]"), "{config}");
+    let (d, _dir) = daemon_with(&lab, "tc-ingress", &config);
+    d.wait_all(&["syn", "echo"], "healthy", Duration::from_secs(5));
+    let info = d.client().get("/v1/info").expect("info");
+    assert_eq!(info["answer_hook"]["hook"], "tc", "{info}");
+    let why = info["answer_hook"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("veth"), "{info}");
+    assert_eq!(info["syn_ack_reset"]["mode"], "tc", "{info}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let text = d.client().metrics().expect("metrics");
+    let sent = metric(&text, "sonde_syn_ack_resets_total", "result=\"sent\"").expect("sent");
+    assert!(sent >= 3.0, "resets sent by TC: {sent}");
+    for id in ["syn", "echo"] {
+        let c = d.client().get(&format!("/v1/checks/{id}")).expect("check");
+        assert_eq!(c["status"]["last_result"]["clock"], "kernel", "{c}");
+    }
+    assert_eq!(lab.target.syn_recv_count().expect("ss"), 0);
 }

@@ -677,6 +677,78 @@ fn xdp_verdicts_records_and_counters() {
     }
 }
 
+/// With `ingress::TC` the TC ingress program classifies: every row of the table gives
+/// the same counters and record as through XDP, dropped frames are `TC_ACT_SHOT`
+/// and passed ones `TC_ACT_OK`, and the XDP program then passes everything.
+#[test]
+fn tc_ingress_classifies_like_xdp() {
+    const TC_ACT_OK: i32 = 0;
+    const TC_ACT_SHOT: i32 = 2;
+    let Some(mut k) = load() else { return };
+    k.classify_at_tc().expect("classify at TC");
+    let rows = rows();
+    let mut cut = 0;
+    for row in &rows {
+        let before = k.counters().expect("counters");
+        let run = k.run_tc_ingress(&row.frame);
+        let d = k.counters().expect("counters").since(&before);
+        let mut recs = Vec::new();
+        k.drain(|r| recs.push(r));
+        let (action, _) = match run {
+            Ok(r) => r,
+            // The kernel builds no socket buffer of some cut frames for a test run; a
+            // real one would have been dropped by the stack before TC.
+            Err(e) => {
+                assert!(
+                    matches!(
+                        row.reason,
+                        XdpReason::MalformedEth
+                            | XdpReason::MalformedIpv4
+                            | XdpReason::MalformedIpv6
+                    ),
+                    "{}: {}",
+                    row.what,
+                    ebpf::error_chain(&e)
+                );
+                assert_eq!(d.xdp_frames(), 0, "{}", row.what);
+                assert!(recs.is_empty(), "{}", row.what);
+                cut += 1;
+                continue;
+            }
+        };
+        let want = if row.verdict == XDP_DROP {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        };
+        assert_eq!(action, want, "{}: action", row.what);
+        assert_eq!(d.xdp_frames(), 1, "{}: one reason: {:?}", row.what, d.xdp);
+        assert_eq!(d.xdp(row.reason), 1, "{}: {}", row.what, row.reason.name());
+        match &row.record {
+            Some(want) => {
+                assert_eq!(recs.len(), 1, "{}: one record", row.what);
+                check_record(row.what, &recs[0], want);
+            }
+            None => assert!(recs.is_empty(), "{}: {recs:?}", row.what),
+        }
+    }
+    eprintln!(
+        "{} rows through TC ingress, {cut} refused by the test run",
+        rows.len() - cut
+    );
+    assert!(cut * 4 < rows.len(), "{cut} of {} rows not run", rows.len());
+    // XDP, if attached anyway, stays out of the way.
+    let before = k.counters().expect("counters");
+    let (us, them) = (v4(US4), v4(THEM4));
+    let verdict = k.run_xdp(&syn_ack(us, them, 61000, 80)).expect("xdp run");
+    let d = k.counters().expect("counters").since(&before);
+    let mut recs = Vec::new();
+    k.drain(|r| recs.push(r));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(d.xdp(XdpReason::Disabled), 1);
+    assert!(recs.is_empty(), "{recs:?}");
+}
+
 #[test]
 fn xdp_zero_length_frame_is_refused_cleanly() {
     let Some(mut k) = load() else { return };

@@ -48,6 +48,10 @@ pub struct DaemonInfo {
     /// programs are in use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syn_ack_reset: Option<crate::ebpf::ResetState>,
+    /// Where answers are classified (`[daemon] answer_hook`), when the kernel programs
+    /// are in use: `{"hook": "xdp", "mode": "native"}` or `{"hook": "tc", "why": ...}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_hook: Option<crate::ebpf::Ingress>,
 }
 
 /// The outcome of a reload.

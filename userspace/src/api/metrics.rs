@@ -43,7 +43,8 @@
 //! `sonde_cluster_leader_known`, `sonde_cluster_nodes`,
 //! `sonde_cluster_node_assigned_checks{node}`, `sonde_cluster_node_suspect{node}` and
 //! `sonde_cluster_view_refreshed_seconds`, `sonde_cluster_checks_refused_total`; and, when the kernel programs run,
-//! `sonde_xdp_frames_total{reason}` (the exclusive reasons: their sum is every frame
+//! `sonde_xdp_frames_total{reason}` (the answer classifier's exclusive reasons, at XDP or
+//! TC ingress as `answer_hook` chose: their sum is every frame
 //! seen), `sonde_xdp_answers_without_stamp_total` (the auxiliary `no_stamp` counter),
 //! `sonde_syn_ack_resets_total{result}` (`sent`, `failed`: resets by the kernel
 //! programs), `sonde_syn_ack_reset_mode{mode}` and `sonde_tc_packets_total{reason}`.
@@ -464,7 +465,7 @@ fn kernel_families(w: &mut Writer, kernel: Option<&Counters>, reset: Option<&Res
     w.family(
         name,
         "counter",
-        "Frames seen by the XDP program, by what it did with them.",
+        "Frames seen by the answer classifier (the XDP program, or TC ingress with answer_hook at tc), by what it did with them.",
     );
     for r in XdpReason::ALL.iter().take(XdpReason::EXCLUSIVE as usize) {
         w.sample(name, &[("reason", r.name())], c.xdp(*r));

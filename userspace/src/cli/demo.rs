@@ -143,7 +143,8 @@ pub(super) fn run(a: &DemoArgs) -> Result<()> {
     let (rounds, userspace, dev) = (a.rounds.max(1), a.userspace, iface.clone());
     lab.prober
         .run(move || -> Result<()> {
-            let mut s = super::probe_session(&dev, PortRange::DEFAULT, userspace)?;
+            let mut s =
+                super::probe_session(&dev, PortRange::DEFAULT, userspace, ebpf::AnswerHook::Auto)?;
             println!("probing from {dev} with {}", s.describe());
             for round in 1..=rounds {
                 let (results, stats, counters) = s.probe(&probes, timeout)?;

@@ -23,7 +23,7 @@ use clap::Args;
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::{
-    ebpf::{self, Counters, KernelProbes, XdpAttachMode},
+    ebpf::{self, AnswerHook, Counters, Ingress, KernelProbes},
     engine::{
         raw::{iface_of, source_for},
         round::{new_config, parse_target, RoundStats},
@@ -77,6 +77,10 @@ pub struct ProbeArgs {
     /// Do not load the kernel programs: time answers in userspace (for comparison).
     #[arg(long)]
     pub userspace: bool,
+    /// Which kernel program classifies answers: auto (TC ingress on a veth or without
+    /// native XDP, XDP elsewhere), xdp or tc; as `[daemon] answer_hook`.
+    #[arg(long, default_value = "auto", value_parser = parse_answer_hook)]
+    pub answer_hook: AnswerHook,
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -117,8 +121,8 @@ pub enum AnswerPath {
     Kernel {
         /// The loaded and attached programs (boxed: far larger than the other variant).
         probes: Box<KernelProbes>,
-        /// How XDP was attached.
-        mode: XdpAttachMode,
+        /// Where answers are classified.
+        ingress: Ingress,
     },
     /// eBPF unusable here: the same classifier in userspace on an AF_PACKET socket.
     Userspace {
@@ -140,7 +144,12 @@ pub struct Session {
 /// Open the answer path on `iface` for probes configured by `cfg`: load and attach the
 /// kernel programs, or (eBPF unusable here, or `force_userspace`) open the userspace
 /// fallback, saying why.
-fn answer_path(iface: &str, cfg: ProbeConfig, force_userspace: bool) -> Result<AnswerPath> {
+fn answer_path(
+    iface: &str,
+    cfg: ProbeConfig,
+    force_userspace: bool,
+    hook: AnswerHook,
+) -> Result<AnswerPath> {
     let unavailable = if force_userspace {
         Some("userspace timestamps requested".to_owned())
     } else {
@@ -158,13 +167,17 @@ fn answer_path(iface: &str, cfg: ProbeConfig, force_userspace: bool) -> Result<A
             let k = |e: ebpf::KernelError| anyhow::anyhow!(ebpf::error_chain(&e));
             let mut probes = KernelProbes::load().map_err(k)?;
             probes.set_config(&cfg).map_err(k)?;
-            let mode = probes.attach(iface).map_err(k)?;
+            let ingress = probes.attach_with(iface, hook).map_err(k)?;
             AnswerPath::Kernel {
                 probes: Box::new(probes),
-                mode,
+                ingress,
             }
         }
     })
+}
+
+fn parse_answer_hook(s: &str) -> Result<AnswerHook, String> {
+    AnswerHook::parse(s).ok_or_else(|| format!("{s:?}: expected auto, xdp or tc"))
 }
 
 /// Add `ports` to the namespace's reserved ports.
@@ -174,16 +187,22 @@ fn reserve(ports: PortRange) -> Result<()> {
     })
 }
 
-/// Set up probing on `iface`: load and attach the kernel programs (or, when eBPF cannot
+/// Set up probing on `iface`: load and attach the kernel programs, answers classified
+/// where `hook` says (or, when eBPF cannot
 /// be used here or `force_userspace` is set, open the userspace fallback and say why),
 /// reserve `ports` and open the raw sockets. Must run in the namespace holding `iface`.
 ///
 /// # Errors
 /// The kernel programs were refused or could not attach (the error carries the
 /// verifier log), ports cannot be reserved, or no raw socket (needs CAP_NET_RAW).
-pub fn probe_session(iface: &str, ports: PortRange, force_userspace: bool) -> Result<Session> {
+pub fn probe_session(
+    iface: &str,
+    ports: PortRange,
+    force_userspace: bool,
+    hook: AnswerHook,
+) -> Result<Session> {
     let cfg = new_config(ports);
-    let path = answer_path(iface, cfg, force_userspace)?;
+    let path = answer_path(iface, cfg, force_userspace, hook)?;
     reserve(ports)?;
     let round = Round::new(cfg).context("opening raw sockets (needs CAP_NET_RAW)")?;
     Ok(Session { path, round })
@@ -194,8 +213,8 @@ impl AnswerPath {
     #[must_use]
     pub fn describe(&self) -> String {
         match self {
-            AnswerPath::Kernel { mode, .. } => {
-                format!("kernel timestamps (XDP {})", super::table::mode_name(mode))
+            AnswerPath::Kernel { ingress, .. } => {
+                format!("kernel timestamps, answers at {}", ingress.describe())
             }
             AnswerPath::Userspace { reason, .. } => {
                 format!("userspace timestamps (kernel programs not used: {reason})")
@@ -254,7 +273,7 @@ pub(super) fn run(a: &ProbeArgs) -> Result<()> {
         .iface
         .as_deref()
         .context("--iface is required with positional targets")?;
-    let mut s = probe_session(iface, a.ports, a.userspace)?;
+    let mut s = probe_session(iface, a.ports, a.userspace, a.answer_hook)?;
     let (results, stats, counters) = s.probe(&a.targets, Duration::from_millis(a.timeout_ms))?;
     if a.json {
         for r in &results {
@@ -297,7 +316,7 @@ fn stateless(a: &ProbeArgs, target: IpAddr) -> Result<Stateless> {
         }
     };
     let cfg = new_config(a.ports);
-    let path = answer_path(&iface, cfg, a.userspace)?;
+    let path = answer_path(&iface, cfg, a.userspace, a.answer_hook)?;
     let clock = format!("{} on {iface}", path.describe());
     reserve(a.ports)?;
     let (source, kernel): (Box<dyn AnswerSource + Send>, _) = match path {

@@ -3,18 +3,9 @@
 use probe_common::counters::{TcReason, XdpReason};
 
 use crate::{
-    ebpf::{Counters, XdpAttachMode},
+    ebpf::Counters,
     engine::{round::RoundStats, Clock, Outcome, ProbeKind, ProbeResult},
 };
-
-pub(super) fn mode_name(m: &XdpAttachMode) -> String {
-    match m {
-        XdpAttachMode::Native => "native".into(),
-        XdpAttachMode::Generic { native_error } => {
-            format!("generic; native refused: {native_error}")
-        }
-    }
-}
 
 fn target(r: &ProbeResult) -> String {
     match r.kind {

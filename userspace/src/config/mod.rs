@@ -11,6 +11,8 @@
 //! ports = "61000-61999"     # reserved source ports of stateless probes (this default)
 //! userspace = false         # time answers in userspace, without eBPF (default false)
 //! syn_ack_reset = "tc"      # who resets SYN-ACKs to probes: tc (default), xdp, stack
+//! answer_hook = "auto"      # who classifies answers: auto (default: TC ingress on a veth
+//!                           # or without native XDP, XDP elsewhere), xdp, tc
 //! allow_targets = ["198.18.0.0/15"]  # checks may only probe these networks (default any)
 //! deny_targets = ["198.18.9.0/24"]   # and never these (wins over allow_targets)
 //! metrics_check_limit = 10000  # per-check /metrics series up to this many checks (this default)
@@ -147,6 +149,9 @@ pub struct DaemonSettings {
     /// the XDP program (NICs with native XDP; watched, see `ebpf::reset`) or the host's
     /// TCP stack.
     pub syn_ack_reset: crate::ebpf::ResetMode,
+    /// Which kernel program classifies answers (see `ebpf::ingress`): `auto` takes TC
+    /// ingress on a veth or where native XDP is refused, XDP elsewhere.
+    pub answer_hook: crate::ebpf::AnswerHook,
     /// Networks checks may and may not probe.
     pub policy: policy::TargetPolicy,
     /// `/metrics` renders per-check series while the node runs at most this many
@@ -166,6 +171,7 @@ impl Default for DaemonSettings {
             ports: PortRange::DEFAULT,
             userspace: false,
             syn_ack_reset: crate::ebpf::ResetMode::Tc,
+            answer_hook: crate::ebpf::AnswerHook::Auto,
             policy: policy::TargetPolicy::default(),
             metrics_check_limit: METRICS_CHECK_LIMIT,
         }
@@ -369,6 +375,24 @@ fn daemon(ctx: &mut Ctx, t: &mut Table<'_>) -> DaemonSettings {
                 format!(
                     "invalid syn_ack_reset {:?}; expected \"tc\", \"xdp\" or \"stack\"",
                     r.v
+                ),
+            ),
+        }
+    }
+    if let Some(h) = t.string(ctx, "answer_hook") {
+        match crate::ebpf::AnswerHook::parse(&h.v) {
+            Some(crate::ebpf::AnswerHook::Tc) if d.syn_ack_reset == crate::ebpf::ResetMode::Xdp => {
+                ctx.report(
+                    &h.at,
+                    "answer_hook \"tc\" attaches no XDP program, which syn_ack_reset = \"xdp\" needs; use answer_hook \"auto\" or \"xdp\"".to_owned(),
+                );
+            }
+            Some(m) => d.answer_hook = m,
+            None => ctx.report(
+                &h.at,
+                format!(
+                    "invalid answer_hook {:?}; expected \"auto\", \"xdp\" or \"tc\"",
+                    h.v
                 ),
             ),
         }

@@ -217,6 +217,10 @@ impl Control for Shared {
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .max(1) as f64,
             syn_ack_reset: self.kernel.as_ref().map(|k| k.lock().reset_state().clone()),
+            answer_hook: self
+                .kernel
+                .as_ref()
+                .and_then(|k| k.lock().attached().first().map(|(_, i)| i.clone())),
         }
     }
 

@@ -67,6 +67,12 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
+    /// Two settings contradict each other (e.g. resets from XDP without XDP).
+    #[error("{what}")]
+    Conflict {
+        /// What contradicts what.
+        what: String,
+    },
     /// Adding the clsact qdisc failed.
     #[error("adding the clsact qdisc to {iface} failed: {reason}")]
     Qdisc {

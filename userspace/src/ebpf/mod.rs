@@ -7,6 +7,7 @@
 
 mod error;
 mod events;
+mod ingress;
 mod reset;
 mod testrun;
 
@@ -17,8 +18,9 @@ use aya::{
 };
 pub use error::KernelError;
 pub use events::Events;
+pub use ingress::{driver, AnswerHook, Ingress};
 use probe_common::{
-    config::ProbeConfig,
+    config::{self as probe_config, ProbeConfig},
     counters::{TcReason, XdpReason},
     record::AnswerRecord,
     MAP_CONFIG, MAP_EVENTS, MAP_TC_COUNTERS, MAP_XDP_COUNTERS, PROG_TC_EGRESS, PROG_TC_INGRESS,
@@ -139,7 +141,10 @@ pub struct KernelProbes {
     /// Answers from XDP (until taken by the engine).
     events: Option<Events>,
     /// Interfaces we attached to, for logs and status.
-    attached: Vec<(String, XdpAttachMode)>,
+    attached: Vec<(String, Ingress)>,
+    /// Who classifies answers (`probe_common::config::ingress`), written into every
+    /// configuration: decided when attaching ([`KernelProbes::attach_with`]).
+    ingress: u8,
     /// The configuration last written (see [`KernelProbes::set_config`]).
     config: Option<ProbeConfig>,
     /// Who resets SYN-ACKs, and the guard of resets from XDP (see [`KernelProbes::set_reset`]).
@@ -187,17 +192,23 @@ impl KernelProbes {
             ebpf,
             events: Some(Events(events)),
             attached: Vec::new(),
+            ingress: probe_config::ingress::XDP,
             config: None,
             reset: reset::Guard::default(),
         })
     }
 
     /// Write the probe configuration (reserved ports, ICMP id, cookie key). Until this is
-    /// called both programs pass everything and count it as `disabled`.
+    /// called both programs pass everything and count it as `disabled`. Its `ingress`
+    /// is replaced by what attaching decided.
     ///
     /// # Errors
     /// The config map cannot be written.
     pub fn set_config(&mut self, cfg: &ProbeConfig) -> Result<(), KernelError> {
+        let cfg = &ProbeConfig {
+            ingress: self.ingress,
+            ..*cfg
+        };
         let map = self.ebpf.map_mut(MAP_CONFIG).ok_or(KernelError::Missing {
             kind: "map",
             name: MAP_CONFIG,
@@ -215,27 +226,41 @@ impl KernelProbes {
         Ok(())
     }
 
-    /// Attach XDP (native, falling back to generic with the reason logged) and TC egress
-    /// to `iface`. Must run in the network namespace that holds `iface`.
+    /// Attach XDP (native, falling back to generic with the reason logged) and both TC
+    /// programs to `iface`: [`KernelProbes::attach_with`] and [`AnswerHook::Xdp`].
     ///
     /// # Errors
-    /// Both XDP modes failed, or the TC program could not be attached.
+    /// As [`KernelProbes::attach_with`].
     pub fn attach(&mut self, iface: &str) -> Result<XdpAttachMode, KernelError> {
+        match self.attach_with(iface, AnswerHook::Xdp)? {
+            Ingress::Xdp { mode } => Ok(mode),
+            Ingress::Tc { why } => Err(KernelError::Conflict { what: why }),
+        }
+    }
+
+    /// Attach the XDP program to `iface`: native, else generic if `generic` (with the
+    /// native refusal logged).
+    fn attach_xdp(&mut self, iface: &str, generic: bool) -> Result<XdpAttachMode, KernelError> {
         let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
-        let mode = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => XdpAttachMode::Native,
-            Err(native) => {
+        let attach_error = |source| KernelError::Attach {
+            program: PROG_XDP,
+            iface: iface.to_owned(),
+            source,
+        };
+        match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => Ok(XdpAttachMode::Native),
+            Err(native) if generic => {
                 let native_error = error_chain(&native);
                 warn!(iface, error = %native_error, "native XDP refused, falling back to generic mode");
-                xdp.attach(iface, XdpMode::Skb)
-                    .map_err(|source| KernelError::Attach {
-                        program: PROG_XDP,
-                        iface: iface.to_owned(),
-                        source,
-                    })?;
-                XdpAttachMode::Generic { native_error }
+                xdp.attach(iface, XdpMode::Skb).map_err(attach_error)?;
+                Ok(XdpAttachMode::Generic { native_error })
             }
-        };
+            Err(native) => Err(attach_error(native)),
+        }
+    }
+
+    /// Attach both TC programs to `iface` (adding the clsact qdisc when needed).
+    fn attach_tc(&mut self, iface: &str) -> Result<(), KernelError> {
         if let Err(e) = tc::qdisc_add_clsact(iface) {
             // EEXIST: a clsact qdisc is already there, which is what we need. With TCX
             // (kernel >= 6.6) the qdisc is not needed at all, so only log other errors.
@@ -256,14 +281,12 @@ impl KernelProbes {
                     source,
                 })?;
         }
-        info!(iface, mode = ?mode, "kernel programs attached");
-        self.attached.push((iface.to_owned(), mode.clone()));
-        Ok(mode)
+        Ok(())
     }
 
-    /// Interfaces attached so far and their XDP mode.
+    /// Interfaces attached so far and where their answers are classified.
     #[must_use]
-    pub fn attached(&self) -> &[(String, XdpAttachMode)] {
+    pub fn attached(&self) -> &[(String, Ingress)] {
         &self.attached
     }
 

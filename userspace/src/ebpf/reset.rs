@@ -99,6 +99,11 @@ impl KernelProbes {
             kind: "configuration",
             name: "probe config (set_config first)",
         })?;
+        if mode == ResetMode::Xdp && self.ingress == probe_common::config::ingress::TC {
+            return Err(KernelError::Conflict {
+                what: "syn_ack_reset \"xdp\" needs the XDP program, but answers are classified at TC ingress (answer_hook)".to_owned(),
+            });
+        }
         cfg.reset = mode.value();
         self.set_config(&cfg)?;
         self.reset.state.mode = mode;

@@ -7,6 +7,20 @@ use probe_common::PROG_XDP;
 use super::{KernelError, KernelProbes};
 
 impl KernelProbes {
+    /// Classify answers at TC ingress from now on, as attaching with
+    /// [`super::AnswerHook::Tc`] does, without attaching anything: for test runs of
+    /// `sonde_tc_ingress` ([`KernelProbes::run_tc_ingress`]).
+    ///
+    /// # Errors
+    /// The config map cannot be written.
+    pub fn classify_at_tc(&mut self) -> Result<(), KernelError> {
+        self.ingress = probe_common::config::ingress::TC;
+        match self.config {
+            Some(cfg) => self.set_config(&cfg),
+            None => Ok(()),
+        }
+    }
+
     /// Run the XDP program once on `frame`; returns its verdict (`XDP_*`).
     ///
     /// # Errors

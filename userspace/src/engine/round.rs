@@ -148,6 +148,8 @@ pub fn new_config(ports: PortRange) -> ProbeConfig {
         icmp_id: rand::random::<u16>() | 1,
         enabled: 1,
         reset: 0,
+        ingress: 0,
+        _pad: [0; 7],
     }
 }
 

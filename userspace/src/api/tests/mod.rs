@@ -33,6 +33,7 @@ pub(super) fn info() -> DaemonInfo {
         checks: 0,
         per_target_pps: 50.0,
         syn_ack_reset: None,
+        answer_hook: None,
     }
 }
 

@@ -531,6 +531,30 @@ fn daemon_settings() {
         let c = parse_ok(&format!("[daemon]\nsyn_ack_reset = \"{}\"\n", m.name()));
         assert_eq!(c.daemon.syn_ack_reset, m);
     }
+    use crate::ebpf::AnswerHook;
+    assert_eq!(c.daemon.answer_hook, AnswerHook::Auto, "the default");
+    for h in AnswerHook::ALL {
+        let c = parse_ok(&format!("[daemon]\nanswer_hook = \"{}\"\n", h.name()));
+        assert_eq!(c.daemon.answer_hook, h);
+    }
+    assert_problem(
+        "[daemon]\nanswer_hook = \"nic\"\n",
+        2,
+        "daemon.answer_hook",
+        "invalid answer_hook \"nic\"; expected \"auto\", \"xdp\" or \"tc\"",
+    );
+    // Resets from XDP need the XDP program.
+    assert_problem(
+        "[daemon]\nsyn_ack_reset = \"xdp\"\nanswer_hook = \"tc\"\n",
+        3,
+        "daemon.answer_hook",
+        "answer_hook \"tc\" attaches no XDP program, which syn_ack_reset = \"xdp\" needs",
+    );
+    let c = parse_ok("[daemon]\nsyn_ack_reset = \"xdp\"\nanswer_hook = \"xdp\"\n");
+    assert_eq!(
+        (c.daemon.syn_ack_reset, c.daemon.answer_hook),
+        (ResetMode::Xdp, AnswerHook::Xdp)
+    );
 }
 
 #[test]
