@@ -19,7 +19,9 @@
 #      SKIP_BUILD=1 (use existing binaries), DOCS=0 (do not copy the plot to docs/fidelity.png),
 #      PM_QOS (1, default: hold a CPU wake-up latency request of 0 us on /dev/cpu_dma_latency
 #      for the whole run, as latency measurements are done: idle CPUs poll instead of halting,
-#      for every method alike; 0: leave the machine's power management as it is).
+#      for every method alike; 0: leave the machine's power management as it is),
+#      ANSWER_HOOK (where sonde's kernel clock stamps answers, the daemon's `answer_hook`:
+#      auto, its default, which is TC ingress on this lab's veth; xdp; tc).
 # About 3 minutes with the defaults (plus the build).
 # Output: the table on stdout; bench/out/fidelity-<ts>.{tsv,md,png}, raw samples and logs
 # in bench/out/fidelity-<ts>/; the plot also copied to docs/fidelity.png.
@@ -29,6 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COUNT=${COUNT:-3000}
 INTERVAL_US=${INTERVAL_US:-2000}
 FLOOD=${FLOOD:-0}
+ANSWER_HOOK=${ANSWER_HOOK:-auto}
 if [ "$COUNT" -lt 100 ] || [ "$COUNT" -gt 20000 ]; then
   echo "COUNT must be 100-20000" >&2; exit 2
 fi
@@ -175,6 +178,7 @@ flood_pps() {
 sonde() {
   local kind=$1 method=$2 cond=$3 extra=()
   [ "$method" = sonde-userspace ] && extra+=(--userspace)
+  [ "$method" = sonde-kernel ] && extra+=(--answer-hook "$ANSWER_HOOK")
   bounded "$RUN_LIMIT" ip netns exec "$P" "$BIN" probe --kind "$kind" --target "$TARGET" \
     --port 80 --count "$COUNT" --interval-us "$INTERVAL_US" --iface vp0 "${extra[@]}" \
     --out "$DIR/$kind.$method.$cond.rtt" >>"$DIR/$kind.$method.$cond.log" 2>&1 ||

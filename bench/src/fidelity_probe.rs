@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::RecvTimeoutError;
 use serde_json::json;
 use sonde::{
-    ebpf::KernelProbes,
+    ebpf::{AnswerHook, KernelProbes},
     engine::{
         answers::{AnswerSource, PacketSource},
         result::{CheckResult, Reason},
@@ -55,6 +55,10 @@ pub struct ProbeArgs {
     /// reads and times the answers, as `sonde probe --userspace` does.
     #[arg(long)]
     pub userspace: bool,
+    /// Which kernel program classifies and times the answers, as the daemon's
+    /// `answer_hook`: auto (its default: TC ingress on a veth), xdp or tc.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "xdp", "tc"])]
+    pub answer_hook: String,
     /// File to write (a `#` header line, then one RTT in nanoseconds per answered probe).
     #[arg(long)]
     pub out: PathBuf,
@@ -71,8 +75,11 @@ fn parts(args: &ProbeArgs) -> Result<(Option<KernelProbes>, StatelessParts)> {
     } else {
         let mut k = KernelProbes::load().context("loading the kernel programs")?;
         k.set_config(&cfg).context("writing the probe config")?;
-        k.attach(&args.iface)
+        let hook = AnswerHook::parse(&args.answer_hook).context("--answer-hook")?;
+        let ingress = k
+            .attach_with(&args.iface, hook)
             .with_context(|| format!("attaching to {}", args.iface))?;
+        eprintln!("answers at {}", ingress.describe());
         let events = k.take_events().context("ring buffer already taken")?;
         (Some(k), Box::new(events))
     };
