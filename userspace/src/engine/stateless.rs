@@ -225,6 +225,7 @@ pub fn spawn(
             keys: Vec::with_capacity(super::raw::BATCH),
             sent: Vec::with_capacity(super::raw::BATCH),
             shared: Arc::clone(&shared),
+            started: 0,
         };
         let rx = rx.clone();
         sender_handles.push(
@@ -279,6 +280,8 @@ struct SenderThread {
     sent: Vec<StampKey>,
     /// Shared with the collector.
     shared: Arc<Shared>,
+    /// Probes built and not yet added to the engine's `started`.
+    started: u64,
 }
 
 impl SenderThread {
@@ -313,7 +316,9 @@ impl SenderThread {
 
     /// Build one probe into the batch (its key is registered when the batch is sent).
     fn build(&mut self, job: Job) {
-        self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
+        // Counted per batch ([`Self::count_started`]), not per probe: both senders
+        // adding to one counter would pass its cache line back and forth.
+        self.started += 1;
         let target = job.spec.target.addr;
         let memo = &job.spec.target.source;
         let found = self
@@ -326,8 +331,7 @@ impl SenderThread {
                 let reason = Reason::Local {
                     detail: format!("no route to {target}: {e}"),
                 };
-                self.shared
-                    .finish(&job, reason, None, self.shared.clock, Duration::ZERO);
+                self.fail(&job, reason);
                 return;
             }
         };
@@ -408,33 +412,43 @@ impl SenderThread {
             }
             other => {
                 let detail = format!("{} is not a stateless probe", other.kind());
-                self.shared.finish(
-                    &job,
-                    Reason::Local { detail },
-                    None,
-                    self.shared.clock,
-                    Duration::ZERO,
-                );
+                self.fail(&job, Reason::Local { detail });
                 return;
             }
         };
         match built {
             Ok(key) => self.keys.push((key, job)),
-            Err(e) => self.shared.finish(
+            Err(e) => self.fail(
                 &job,
                 Reason::Local {
                     detail: format!("building probe: {e}"),
                 },
-                None,
-                self.shared.clock,
-                Duration::ZERO,
             ),
         }
     }
 
+    /// End a probe that was never sent.
+    fn fail(&mut self, job: &Job, reason: Reason) {
+        self.count_started();
+        self.shared
+            .finish(job, reason, None, self.shared.clock, Duration::ZERO);
+    }
+
     /// Register the batch's probes, then send it. Registering first means an answer can
     /// never arrive before its probe is known.
+    /// Add the probes built since the last call to the engine's `started` (before any
+    /// of them can be counted finished).
+    fn count_started(&mut self) {
+        if self.started > 0 {
+            self.shared
+                .stats
+                .started
+                .fetch_add(std::mem::take(&mut self.started), Ordering::Relaxed);
+        }
+    }
+
     fn flush(&mut self) {
+        self.count_started();
         if self.keys.is_empty() {
             return;
         }

@@ -100,23 +100,38 @@ impl Default for EngineConfig {
     }
 }
 
-/// Engine-wide counters (shared by all workers).
+/// A value alone in its cache lines (128 bytes: two lines, as the adjacent-line
+/// prefetcher pairs them), so threads writing different counters do not take the
+/// same line from each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Engine-wide counters (shared by all workers). Each counter has its cache lines to
+/// itself: senders count probes started while the collector counts those finished.
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Probes started.
-    pub started: AtomicU64,
+    pub started: Padded<AtomicU64>,
     /// Probes finished (a result was sent).
-    pub finished: AtomicU64,
+    pub finished: Padded<AtomicU64>,
     /// Probes that had to wait for an in-flight slot.
-    pub delayed_in_flight: AtomicU64,
+    pub delayed_in_flight: Padded<AtomicU64>,
     /// Probes that could not get a socket (fd limit) and failed with `Local`.
-    pub socket_errors: AtomicU64,
+    pub socket_errors: Padded<AtomicU64>,
     /// io_uring_enter calls.
-    pub submits: AtomicU64,
+    pub submits: Padded<AtomicU64>,
     /// Completions reaped.
-    pub completions: AtomicU64,
+    pub completions: Padded<AtomicU64>,
     /// TCP connect sockets made by the ring as direct descriptors (no syscall, no fd).
-    pub ring_sockets: AtomicU64,
+    pub ring_sockets: Padded<AtomicU64>,
 }
 
 /// A plain snapshot of [`EngineStats`].
