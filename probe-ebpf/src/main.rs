@@ -12,6 +12,8 @@
 //!   the XDP program (turned into that RST here and sent back out, `XDP_TX`) or
 //! - `sonde_tc_ingress` (TC, ingress) does: the same RST, made of the SYN-ACK's skb and
 //!   sent back out of the interface with `bpf_redirect`, past the host's IP and TCP stack.
+//!   With the config's `ingress` at `TC` (a veth, where XDP copies every frame) it also
+//!   does what `sonde_xdp` does, and `sonde_xdp` passes everything.
 //!
 //! All parsing lives in `probe_common::parse` so it is unit-tested on the host; this file
 //! only binds it to packet memory, maps and verdicts. Every exit bumps one per-reason
