@@ -101,11 +101,10 @@ fn kernel(iface: &str, resets: &str, hook: &str) -> Result<(KernelProbes, Statel
     let mut k = KernelProbes::load().context("loading the kernel programs")?;
     k.set_config(&cfg).context("writing the probe config")?;
     let mode = ResetMode::parse(resets).context("--resets")?;
-    // As the daemon's `answer_hook`: resets from XDP need the XDP program.
-    let hook = match (AnswerHook::parse(hook).context("--answer-hook")?, mode) {
-        (AnswerHook::Auto, ResetMode::Xdp) => AnswerHook::Xdp,
-        (h, _) => h,
-    };
+    // As the daemon's `answer_hook`.
+    let hook = AnswerHook::parse(hook)
+        .context("--answer-hook")?
+        .with_resets(mode);
     k.attach_with(iface, hook)
         .with_context(|| format!("attaching to {iface}"))?;
     // As the daemon's `syn_ack_reset` (with xdp, the guard runs in `run`).

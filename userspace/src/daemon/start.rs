@@ -164,12 +164,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
                 let k = |e: ebpf::KernelError| anyhow::anyhow!(ebpf::error_chain(&e));
                 let mut probes = KernelProbes::load().map_err(k)?;
                 probes.set_config(&probe_cfg).map_err(k)?;
-                // Resets from XDP need the XDP program: `auto` then means XDP (the
-                // configuration refuses "tc" with them).
-                let hook = match (daemon.answer_hook, daemon.syn_ack_reset) {
-                    (ebpf::AnswerHook::Auto, ebpf::ResetMode::Xdp) => ebpf::AnswerHook::Xdp,
-                    (h, _) => h,
-                };
+                let hook = daemon.answer_hook.with_resets(daemon.syn_ack_reset);
                 probes.attach_with(dev, hook).map_err(k)?;
                 probes.set_reset(daemon.syn_ack_reset).map_err(k)?;
                 let events = probes.take_events().context("ring buffer already taken")?;

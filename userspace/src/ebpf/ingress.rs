@@ -56,6 +56,16 @@ impl AnswerHook {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.name() == s)
     }
+
+    /// This choice with SYN-ACKs reset by `resets`: resets from XDP need the XDP
+    /// program, so `auto` then means XDP (the configuration refuses `tc` with them).
+    #[must_use]
+    pub fn with_resets(self, resets: super::ResetMode) -> Self {
+        match (self, resets) {
+            (AnswerHook::Auto, super::ResetMode::Xdp) => AnswerHook::Xdp,
+            (h, _) => h,
+        }
+    }
 }
 
 /// Where answers are classified on an attached interface.
