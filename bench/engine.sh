@@ -30,7 +30,7 @@
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
 #      ZMAP_THREADS (zmap -T, default 1 as in ../shared/bench/peers.sh),
 #      PEERS (0: only sonde in the syn/icmp/udp rows, e.g. ONLY="syn syn syn" to compare
-#      builds), SONDE_RATE (cap sonde's syn/icmp/udp probes/s: at a rate below the machine's
+#      builds), SONDE_RATE (cap sonde's syn/icmp/udp/http probes/s: at a rate below the machine's
 #      limit, machine CPU % compares the cost per probe of two builds), SYN_PORT (80 open, default; 81 closed), HTTP_CONNS (concurrent connections or checks of
 #      every HTTP tool, default 64), RESETS (who resets the SYN-ACKs to sonde's probes, the
 #      daemon's `syn_ack_reset`: tc, its default; xdp; stack, the prober's TCP stack as
@@ -382,7 +382,7 @@ work_udp() {
 # HTTP: every tool against HTTP_URL with HTTP_CONNS connections (wrk/h2load: one host per run).
 sonde_http() {  # NAME WORK TARGETS
   run "$1" req "$BIN" "$2" --duration "$DUR" --targets "$3" --port "$HTTP_PORT" --path /health \
-    --expect-body OK --inflight "$HTTP_CONNS" --threads 2
+    --expect-body OK --inflight "$HTTP_CONNS" --threads 2 ${SONDE_RATE:+--rate "$SONDE_RATE"}
 }
 work_http() {
   sonde_http sonde-http http "$HTTP_ADDR"; row http sonde sonde

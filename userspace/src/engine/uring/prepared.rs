@@ -1,12 +1,12 @@
 //! Per-check preparation done once, not per probe: the compiled HTTP expectation
-//! (regex) and the TLS client configuration.
+//! (regex), the TLS client configuration and the encoded HTTP request.
 
 use std::sync::Arc;
 
 use thiserror::Error;
 
 use crate::engine::{
-    http::CompiledExpect,
+    http::{default_host, encode_request, CompiledExpect},
     spec::{CheckSpec, ProbeSpec},
     tls::{TlsConfigs, TlsSetupError},
 };
@@ -41,6 +41,9 @@ pub struct Prepared {
     pub http: Option<Arc<CompiledExpect>>,
     /// TLS client configuration (HTTPS checks).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The encoded request (HTTP/HTTPS checks), or why it cannot be sent: every probe
+    /// of the check then ends with that error, as the request does not change.
+    pub request: Option<Result<Arc<[u8]>, String>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -48,6 +51,10 @@ impl std::fmt::Debug for Prepared {
         f.debug_struct("Prepared")
             .field("http", &self.http.is_some())
             .field("tls", &self.tls.is_some())
+            .field(
+                "request",
+                &self.request.as_ref().map(|r| r.as_ref().map(|b| b.len())),
+            )
             .finish()
     }
 }
@@ -95,9 +102,15 @@ impl Prepared {
             })?),
             None => None,
         };
+        let host_default = default_host(&spec.target.host, spec.target.port, h.tls.is_some());
+        let mut request = Vec::with_capacity(256);
+        let request = encode_request(h, &host_default, &mut request)
+            .map(|()| Arc::from(request))
+            .map_err(|e| e.to_string());
         Ok(Self {
             http: Some(Arc::new(compiled)),
             tls,
+            request: Some(request),
         })
     }
 }

@@ -6,7 +6,7 @@
 //! and timespec handed to the kernel lives in the (boxed) slot for as long as the
 //! kernel may touch it.
 
-use std::{os::fd::OwnedFd, time::Duration};
+use std::{os::fd::OwnedFd, sync::Arc, time::Duration};
 
 use io_uring::{opcode, squeue, types};
 
@@ -104,8 +104,9 @@ enum Kind {
 struct HttpState {
     /// Incremental response parser (bounded memory).
     parser: ResponseParser,
-    /// The encoded request (plaintext; TLS encrypts it after the handshake).
-    request: Vec<u8>,
+    /// The encoded request (plaintext; TLS encrypts it after the handshake), shared
+    /// by every probe of the check.
+    request: Arc<[u8]>,
     /// TLS session, for HTTPS.
     tls: Option<rustls::ClientConnection>,
     /// Whether the request was handed to TLS yet.
@@ -187,10 +188,18 @@ fn http_state(
     target: SocketAddr,
 ) -> Result<(HttpState, Vec<u8>), Reason> {
     let host = &job.spec.target.host;
-    let host_default = default_host(host, target.port(), spec.tls.is_some());
-    let mut request = Vec::with_capacity(256);
-    encode_request(spec, &host_default, &mut request)
-        .map_err(|e| local(format!("request: {e}")))?;
+    // Encoded once per check (`Prepared`); a job built without it encodes its own.
+    let request: Arc<[u8]> = match &job.prepared.request {
+        Some(Ok(r)) => Arc::clone(r),
+        Some(Err(e)) => return Err(local(format!("request: {e}"))),
+        None => {
+            let host_default = default_host(host, target.port(), spec.tls.is_some());
+            let mut request = Vec::with_capacity(256);
+            encode_request(spec, &host_default, &mut request)
+                .map_err(|e| local(format!("request: {e}")))?;
+            Arc::from(request)
+        }
+    };
     // The PROXY header needs our own address, known only after connect (see
     // `http_connected`), so nothing is queued before the connection is up.
     let out = Vec::new();
@@ -865,6 +874,17 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
     fn http_slot() -> Box<Slot> {
+        http_slot_with("GET")
+    }
+
+    fn http_slot_with(method: &str) -> Box<Slot> {
+        let Ok(slot) = Slot::new(http_job(method), None, false) else {
+            panic!("slot");
+        };
+        slot
+    }
+
+    fn http_job(method: &str) -> Job {
         let spec = CheckSpec {
             id: CheckId::new("web"),
             target: Target {
@@ -874,7 +894,7 @@ mod tests {
                 source: Default::default(),
             },
             probe: ProbeSpec::Http(Box::new(HttpSpec {
-                method: "GET".into(),
+                method: method.into(),
                 path: "/health".into(),
                 host: None,
                 headers: Vec::new(),
@@ -892,11 +912,38 @@ mod tests {
             initial: InitialState::Unknown,
             labels: Default::default(),
         };
-        let job = Job::new(Arc::new(spec), 1).expect("job");
-        let Ok(slot) = Slot::new(job, None, false) else {
-            panic!("slot");
+        Job::new(Arc::new(spec), 1).expect("job")
+    }
+
+    #[test]
+    fn the_request_is_encoded_once_per_check_and_sent_by_every_probe() {
+        let job = http_job("GET");
+        let prepared = match &job.prepared.request {
+            Some(Ok(r)) => Arc::clone(r),
+            other => panic!("request not prepared: {other:?}"),
         };
-        slot
+        assert!(prepared.starts_with(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
+        for _ in 0..2 {
+            let mut s = Slot::new(job.clone(), None, false).unwrap_or_else(|_| panic!("slot"));
+            connected(&mut s);
+            assert_eq!(s.out, &*prepared, "what goes out is the prepared request");
+        }
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_encoded_fails_each_probe_saying_why() {
+        let job = http_job("GET\r\nX:");
+        assert!(matches!(&job.prepared.request, Some(Err(_))));
+        let Err(r) = Slot::new(job, None, false) else {
+            panic!("a probe started with a request that breaks the framing");
+        };
+        let Reason::Local { detail } = &r.reason else {
+            panic!("reason {:?}", r.reason);
+        };
+        assert!(
+            detail.starts_with("request: ") && detail.contains("method"),
+            "{detail}"
+        );
     }
 
     /// Connect completes: the request and its receive go out as one chain of three.
