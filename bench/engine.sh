@@ -24,7 +24,10 @@
 # share of the sustained rate, the median of the samples >= 50 % of the peak); tool CPU =
 # user+sys of the process tree over the active time (1 core = 100 %); machine CPU from
 # /proc/stat over the steady samples (>= 50 % of the peak; 2 cores = 100 %).
-# Env: DUR (s per run, 1-30, default 5), RATE (asked of zmap/masscan, default 1000000),
+# Env: DUR (s per run, 1-30, default 5), REPEAT (rounds of every work, 1-9, default 1: the
+#      table shows per work and tool the run with the median matched/s and the ratios of
+#      those medians; rounds interleave the tools, so a slow spell of the machine or one
+#      unlucky process does not decide a ratio; logs in round-N/), RATE (asked of zmap/masscan, default 1000000),
 #      INFLIGHT (sonde stateful + tokio, default 4096), INFLIGHT_RAW (syn/icmp/udp, default 16384),
 #      SKIP_BUILD=1 (use an existing binary), SONDE_BENCH (path of the binary), ONLY (row filter,
 #      e.g. "syn icmp http-keepalive"; default all: syn icmp udp connect http http-keepalive),
@@ -48,6 +51,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DUR=${DUR:-5}
 if [ "$DUR" -lt 1 ] || [ "$DUR" -gt 30 ]; then echo "DUR must be 1-30" >&2; exit 2; fi
+REPEAT=${REPEAT:-1}
+if ! [[ "$REPEAT" =~ ^[1-9]$ ]]; then echo "REPEAT must be 1-9" >&2; exit 2; fi
 RATE=${RATE:-1000000}
 INFLIGHT=${INFLIGHT:-4096}
 INFLIGHT_RAW=${INFLIGHT_RAW:-16384}
@@ -417,19 +422,29 @@ work_connect() {
   row connect tokio sonde
 }
 
-table() {  # ratio sonde / peer of matched per second, per work
+table() {  # ratio sonde / peer of matched per second, per work (medians over the rounds)
   awk -F'\t' 'BEGIN { OFS = "\t"; print "work", "tool", "probes/s sent", "matched/s",
-      "matched %", "tool CPU %", "machine CPU %", "sonde/peer", "nginx CPU %", "conns/probe" }
+      "matched %", "tool CPU %", "machine CPU %", "sonde/peer", "nginx CPU %", "conns/probe", "runs" }
     /^#/ { next }
-    $2 == "sonde" { s[$1] = $4 }
-    $2 !~ /^sonde/ && $4 > best[$1] { best[$1] = $4; who[$1] = $2 }
-    { v[$1, $2] = $4 }
-    { r = ($2 ~ /^sonde/ || $4 == 0) ? "-" : sprintf("%.2f", s[$1] / $4)
-      t = ($13 > 10 || $15 > 0.15) ? $2 "(!)" : $2; if (t != $2) bad = 1
-      print $1, t, $3, $4, $5, $6, $7, r, $16, $17 }
-    END { n = split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best http 1 best " \
+    { k = $1 SUBSEP $2; if (!(k in n)) order[++nk] = k; n[k]++; line[k, n[k]] = $0; val[k, n[k]] = $4 }
+    END {
+      # Per work and tool, the run with the median matched/s (the lower middle one of an
+      # even count), printed whole so that its columns belong together.
+      for (i = 1; i <= nk; i++) { k = order[i]; m = n[k]
+        for (a = 1; a <= m; a++) idx[a] = a
+        for (a = 2; a <= m; a++) for (b = a; b > 1 && val[k, idx[b]] < val[k, idx[b - 1]]; b--) {
+          t = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = t }
+        split(line[k, idx[int((m + 1) / 2)]], f, "\t"); pick[k] = line[k, idx[int((m + 1) / 2)]]
+        if (f[2] == "sonde") s[f[1]] = f[4]
+        if (f[2] !~ /^sonde/ && f[4] > best[f[1]]) { best[f[1]] = f[4]; who[f[1]] = f[2] }
+        v[f[1], f[2]] = f[4] }
+      for (i = 1; i <= nk; i++) { k = order[i]; split(pick[k], f, "\t")
+        r = (f[2] ~ /^sonde/ || f[4] == 0) ? "-" : sprintf("%.2f", s[f[1]] / f[4])
+        t = (f[13] > 10 || f[15] > 0.15) ? f[2] "(!)" : f[2]; if (t != f[2]) bad = 1
+        print f[1], t, f[3], f[4], f[5], f[6], f[7], r, f[16], f[17], n[k] }
+      m = split("syn 2 zmap icmp 1.5 zmap udp 1.5 zmap connect 1.2 best http 1 best " \
         "http-keepalive 0.8 wrk", g, " ")
-      for (i = 1; i < n; i += 3) { w = g[i]; if (!(w in s)) continue
+      for (i = 1; i < m; i += 3) { w = g[i]; if (!(w in s)) continue
         ref = g[i + 2] == "best" ? best[w] : v[w, g[i + 2]]
         by = g[i + 2] == "best" ? who[w] : g[i + 2]
         x = ref > 0 ? s[w] / ref : 0
@@ -447,7 +462,16 @@ echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) CPU DUR=$DUR RATE=$RATE" \
   "HTTP_ADDR=$HTTP_ADDR HTTP_MANY=$HTTP_MANY" >"$TSV"
 echo -e "# work\ttool\tprobes_per_s\tmatched_per_s\tmatched_pct\ttool_cpu_pct\tmachine_cpu_pct\tactive_s\tmatched_from\tprobes\tmatched\tanswers\tbg_busy_pct\tmachine_us_per_match\tforeign_user_cores\tserver_cpu_pct\tconns_per_probe" >>"$TSV"
 setup
-for w in $ONLY; do "work_${w//-/_}"; done
+LOGS0=$LOGS
+for ((ROUND = 1; ROUND <= REPEAT; ROUND++)); do
+  if [ "$REPEAT" -gt 1 ]; then
+    LOGS=$LOGS0/round-$ROUND
+    mkdir -p "$LOGS"
+    cd "$LOGS"
+    echo "round $ROUND of $REPEAT" >&2
+  fi
+  for w in $ONLY; do "work_${w//-/_}"; done
+done
 echo
 table
 echo "(tool and nginx CPU: 1 core = 100 %; machine CPU: both cores = 100 %; $TSV)"

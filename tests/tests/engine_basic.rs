@@ -95,3 +95,113 @@ fn tcp_connect_and_udp_probes() {
     assert!(results[0].phases.connect.is_some());
     engine.shutdown();
 }
+
+/// A connect probe's direct socket is kept after a refusal, or after a success once
+/// the connection is reset (`connect(AF_UNSPEC)`) and its pending error cleared, and
+/// the slot's next connect probe connects it again: the verdicts must stay those of
+/// fresh sockets, and every connection the target accepted must have been reset.
+#[test]
+fn reused_connect_sockets_judge_afresh_and_reset_every_connection() {
+    if !lab::privileged_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let listener = lab
+        .target
+        .run(|| TcpListener::bind("198.18.0.2:80"))
+        .expect("enter")
+        .expect("listen");
+    // Accept and hold every connection: one left open by the prober would stay
+    // ESTABLISHED on the target.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                match s {
+                    Ok(s) => held.lock().expect("held").push(s),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    lab.target
+        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop")
+        .expect("nft");
+    let engine = lab
+        .prober
+        .run(|| {
+            Engine::start(
+                &EngineConfig {
+                    threads: 1,
+                    max_in_flight: 4,
+                    ..EngineConfig::default()
+                },
+                None,
+            )
+        })
+        .expect("enter")
+        .expect("engine");
+    let t = Duration::from_millis(200);
+    let open = check("open", "198.18.0.2", 80, ProbeSpec::TcpConnect, t);
+    let closed = check("closed", "198.18.0.2", 81, ProbeSpec::TcpConnect, t);
+    let silent = check("silent", "198.18.0.2", 9, ProbeSpec::TcpConnect, t);
+    // Every order of open and closed follows every other, with a timeout now and then.
+    let pattern = [
+        &open, &open, &closed, &open, &closed, &closed, &silent, &open,
+    ];
+    let rounds = 25;
+    let mut expected = Vec::new();
+    for round in 0..rounds {
+        let specs: Vec<_> = pattern.iter().map(|s| std::sync::Arc::clone(s)).collect();
+        for r in run_once(&engine, &specs) {
+            expected.push((round, r.check.as_str().to_owned(), r.reason));
+        }
+    }
+    for (round, check, reason) in &expected {
+        let want = match check.as_str() {
+            "open" => Reason::Ok,
+            "closed" => Reason::Refused,
+            _ => Reason::Timeout,
+        };
+        assert_eq!(reason, &want, "round {round}, check {check}");
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.started, (pattern.len() * rounds) as u64);
+    if stats.ring_sockets > 0 {
+        // The ring makes the sockets (Linux 6.7 and later): most are reused.
+        assert_eq!(
+            stats.ring_sockets + stats.reused_sockets,
+            stats.started,
+            "{stats:?}"
+        );
+        assert!(stats.reused_sockets >= stats.started / 2, "{stats:?}");
+    }
+    // Every accepted connection was reset by the prober: none is established on the
+    // target, and each held stream reads the reset.
+    std::thread::sleep(Duration::from_millis(100));
+    let out = lab
+        .target
+        .exec(&["ss", "-Htn", "state", "established"])
+        .expect("ss");
+    let established = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        established.lines().count(),
+        0,
+        "still established:\n{established}"
+    );
+    let held = std::mem::take(&mut *held.lock().expect("held"));
+    let opens = pattern.iter().filter(|s| s.id.as_str() == "open").count();
+    assert_eq!(held.len(), opens * rounds, "connections accepted");
+    for mut s in held {
+        let mut b = [0u8; 1];
+        let r = std::io::Read::read(&mut s, &mut b);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a held connection read {r:?}, not a reset"
+        );
+    }
+    engine.shutdown();
+    drop(holder);
+}

@@ -96,12 +96,20 @@ fn no_fd_leak_after_100k_probes() {
     let stats = engine.stats();
     assert_eq!(stats.started, stats.finished);
     // From Linux 6.7 the ring makes the sockets itself (direct descriptors, no fd):
-    // then every probe's socket must have been made and closed there.
+    // then every probe's socket was made there or left reusable by an earlier probe
+    // (refused, or reset after its verdict), and here, with two checks taking turns on
+    // few slots, most probes connect a socket again.
     if kernel_at_least(6, 7) {
-        assert_eq!(stats.ring_sockets, stats.started, "{stats:?}");
+        assert_eq!(
+            stats.ring_sockets + stats.reused_sockets,
+            stats.started,
+            "{stats:?}"
+        );
+        assert!(stats.reused_sockets > stats.started / 2, "{stats:?}");
     }
-    // No socket of the prober's is left, whichever way it was made (a direct socket
-    // not closed would show here, not in the fd count).
+    // No connection of the prober's is left, whichever way its socket was made (a
+    // direct socket not closed or not reset would show here, not in the fd count;
+    // the unconnected ones the engine keeps for reuse are in no table `ss` reads).
     let out = lab.prober.exec(&["ss", "-Htan"]).expect("ss");
     let left = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(

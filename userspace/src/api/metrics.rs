@@ -415,6 +415,11 @@ fn daemon_families(w: &mut Writer, input: &MetricsInput) {
             e.ring_sockets,
         ),
         (
+            "sonde_engine_reused_sockets_total",
+            "TCP connect probes on a direct socket an earlier probe left unconnected.",
+            e.reused_sockets,
+        ),
+        (
             "sonde_engine_submits_total",
             "io_uring_enter calls.",
             e.submits,

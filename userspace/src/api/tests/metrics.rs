@@ -90,6 +90,7 @@ fn input() -> MetricsInput {
             submits: 30,
             completions: 40,
             ring_sockets: 3,
+            reused_sockets: 4,
         },
         budget: BudgetStats {
             admitted: 5,

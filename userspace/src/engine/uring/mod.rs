@@ -132,6 +132,9 @@ pub struct EngineStats {
     pub completions: Padded<AtomicU64>,
     /// TCP connect sockets made by the ring as direct descriptors (no syscall, no fd).
     pub ring_sockets: Padded<AtomicU64>,
+    /// TCP connect probes that connected a direct socket an earlier probe had left
+    /// unconnected (refused, or reset and unconnected after its verdict).
+    pub reused_sockets: Padded<AtomicU64>,
 }
 
 /// A plain snapshot of [`EngineStats`].
@@ -151,6 +154,8 @@ pub struct EngineCounters {
     pub completions: u64,
     /// Sockets made by the ring as direct descriptors.
     pub ring_sockets: u64,
+    /// Connect probes on a direct socket left reusable by an earlier probe.
+    pub reused_sockets: u64,
 }
 
 impl EngineStats {
@@ -163,6 +168,7 @@ impl EngineStats {
             delayed_in_flight: self.delayed_in_flight.load(Ordering::Relaxed),
             socket_errors: self.socket_errors.load(Ordering::Relaxed),
             ring_sockets: self.ring_sockets.load(Ordering::Relaxed),
+            reused_sockets: self.reused_sockets.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             completions: self.completions.load(Ordering::Relaxed),
         }
@@ -274,6 +280,7 @@ impl Engine {
                         wake_armed: false,
                         stats: st,
                         pool: HashMap::new(),
+                        warm: Vec::new(),
                     };
                     w.run();
                 })?;
@@ -468,6 +475,9 @@ struct Worker {
     stats: Arc<EngineStats>,
     /// Idle keep-alive connections by check (HTTP checks with `keepalive`).
     pool: HashMap<CheckId, slot::Idle>,
+    /// Per fixed-file slot: the address family of the unconnected, reusable socket it
+    /// holds (0: none), for the slot's next TCP connect probe.
+    warm: Vec<libc::c_int>,
 }
 
 /// Most idle keep-alive connections a worker parks (each holds a socket).
@@ -605,6 +615,16 @@ impl Worker {
         let idx = self.alloc(slot);
         let mut ops = Vec::with_capacity(2);
         let slot = self.slots[idx as usize].as_mut().expect("just allocated");
+        if self.direct && matches!(slot.job().spec.probe, ProbeSpec::TcpConnect) {
+            let family = slot.family();
+            if let Some(w) = self.warm.get_mut(idx as usize).filter(|w| **w == family) {
+                // The socket is this probe's now; the slot's record is set again
+                // when the probe ends.
+                *w = 0;
+                slot.use_warm_socket();
+                self.stats.reused_sockets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         slot.first_ops(idx, &mut ops);
         self.push_ops(idx, ops);
     }
@@ -678,19 +698,26 @@ impl Worker {
         if !done {
             return;
         }
-        // A direct socket is closed through the ring; the slot (its fixed-file index)
-        // is freed when that completes.
-        let close = self.slots[idx as usize]
+        // A direct socket is closed, or reset and kept, through the ring; the slot (its
+        // fixed-file index) is freed when that completes.
+        let release = self.slots[idx as usize]
             .as_mut()
-            .and_then(|s| s.take_close(idx));
-        if let Some(close) = close {
-            self.push(&close);
+            .and_then(|s| s.take_release(idx));
+        if let Some(release) = release {
+            self.push(&release);
             if let Some(s) = self.slots[idx as usize].as_mut() {
                 s.outstanding += 1;
             }
             return;
         }
         if let Some(mut slot) = self.slots[idx as usize].take() {
+            if slot.leaves_reusable_socket() {
+                let i = idx as usize;
+                if self.warm.len() <= i {
+                    self.warm.resize(i + 1, 0);
+                }
+                self.warm[i] = slot.family();
+            }
             if slot.direct_unsupported() && self.direct {
                 info!("sockets through io_uring unsupported: TCP connect probes use plain sockets");
                 self.direct = false;

@@ -53,6 +53,8 @@ const TAG_TIMEOUT: u8 = 4;
 pub(super) const TAG_SOCKET: u8 = 5;
 const TAG_SOCKOPT: u8 = 6;
 const TAG_CLOSE: u8 = 7;
+/// `connect(AF_UNSPEC)`: resets a connected direct socket and leaves it reusable.
+const TAG_DISCONNECT: u8 = 8;
 
 /// Bytes read per receive.
 pub(super) const RECV_CHUNK: usize = 16 * 1024;
@@ -161,6 +163,16 @@ pub(super) struct Slot {
     /// The kernel refused sockets or socket options through the ring (before Linux
     /// 5.19 or 6.7): run the probe again with a plain socket, and tell the worker.
     direct_unsupported: bool,
+    /// The fixed-file slot already holds an unconnected socket of the target's family
+    /// (SO_LINGER set), left by an earlier probe: connect it, make none.
+    warm: bool,
+    /// The direct socket is unconnected again, with no error pending: the worker keeps
+    /// it for the slot's next TCP connect probe instead of closing it.
+    reusable: bool,
+    /// A disconnect was asked for (it is not asked twice).
+    disconnecting: bool,
+    /// `AF_UNSPEC`, the address of a disconnect.
+    unspec: libc::sockaddr,
     /// SO_LINGER {on, 0}, referenced by the direct path's setsockopt SQE.
     linger: libc::linger,
     /// A receive is in the kernel (possibly linked behind a send).
@@ -323,6 +335,13 @@ impl Slot {
             direct,
             direct_open: false,
             direct_unsupported: false,
+            warm: false,
+            reusable: false,
+            disconnecting: false,
+            unspec: libc::sockaddr {
+                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+                sa_data: [0; 14],
+            },
             linger: libc::linger {
                 l_onoff: 1,
                 l_linger: 0,
@@ -364,6 +383,14 @@ impl Slot {
             .flags(types::TimeoutFlags::ABS)
             .build()
             .user_data(encode(idx, TAG_TIMEOUT));
+        if self.direct && self.warm && op == Op::Connect {
+            let connect =
+                opcode::Connect::new(types::Fixed(idx), self.addr.as_ptr(), self.addr.len)
+                    .build()
+                    .user_data(encode(idx, TAG_CONNECT))
+                    .flags(squeue::Flags::IO_LINK);
+            return ([connect, timeout, nop.clone(), nop], 2);
+        }
         if self.direct && op == Op::Connect {
             let domain = if self.job.spec.target.addr.is_ipv4() {
                 libc::AF_INET
@@ -444,12 +471,66 @@ impl Slot {
             .user_data(encode(idx, TAG_RECV))
     }
 
-    /// Once the verdict is in and nothing else is outstanding: the SQE closing the
-    /// probe's direct socket in fixed-file slot `idx` (the slot index), SO_LINGER 0, so
-    /// the close resets it, as for a plain one.
-    pub(super) fn take_close(&mut self, idx: u32) -> Option<squeue::Entry> {
-        if !self.direct_open || self.outstanding != 0 || self.verdict.is_none() {
+    /// The connect probe on the worker's fixed-file slot, which holds a socket an
+    /// earlier probe left unconnected and reusable (same address family).
+    pub(super) fn use_warm_socket(&mut self) {
+        if self.direct {
+            self.warm = true;
+            self.direct_open = true;
+        }
+    }
+
+    /// The address family of the probe's target.
+    pub(super) fn family(&self) -> libc::c_int {
+        if self.job.spec.target.addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        }
+    }
+
+    /// Whether the probe leaves its direct socket unconnected and clean for the next.
+    pub(super) fn leaves_reusable_socket(&self) -> bool {
+        self.direct_open && self.reusable
+    }
+
+    /// Once the verdict is in and nothing else is outstanding, what the direct socket
+    /// in fixed-file slot `idx` (the slot index) needs, as SQEs (count given):
+    /// - refused: nothing. The failed connect left it unconnected, its error read;
+    ///   it is kept (`leaves_reusable_socket`) and the slot's next connect probe
+    ///   connects it again, without a socket and a setsockopt through the ring and
+    ///   the file's release after the close (a quarter of the kernel's CPU per
+    ///   connect probe against a closed port, the socket's own part);
+    /// - connected: `connect(AF_UNSPEC)`, which resets the connection (an RST, as the
+    ///   close with SO_LINGER 0 sends) and unconnects the socket; kept if that
+    ///   succeeds. It leaves ECONNRESET pending on the socket, which the next
+    ///   connect clears as it starts (`tcp_connect_init`), before the ring polls it;
+    /// - anything else (a timeout: the socket may be half-way; an error): the close,
+    ///   SO_LINGER 0, so it resets, as for a plain socket.
+    pub(super) fn take_release(&mut self, idx: u32) -> Option<squeue::Entry> {
+        if !self.direct_open || self.reusable || self.outstanding != 0 || self.verdict.is_none() {
             return None;
+        }
+        if !self.disconnecting {
+            match self.verdict {
+                Some(Reason::Refused) => {
+                    self.reusable = true;
+                    return None;
+                }
+                Some(Reason::Ok) => {
+                    self.disconnecting = true;
+                    return Some(
+                        opcode::Connect::new(
+                            types::Fixed(idx),
+                            &raw const self.unspec,
+                            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+                        )
+                        .build()
+                        .user_data(encode(idx, TAG_DISCONNECT)),
+                    );
+                }
+                _ => {}
+            }
         }
         self.direct_open = false;
         Some(
@@ -570,6 +651,11 @@ impl Slot {
     }
 
     fn complete_op(&mut self, tag: u8, res: i32, ops: &mut Vec<Op>) {
+        if tag == TAG_DISCONNECT {
+            // Failed: the socket is closed instead (`take_release`).
+            self.reusable = res >= 0;
+            return;
+        }
         if tag == TAG_SOCKET && res >= 0 {
             // Whatever happens next, the direct socket exists and must be closed.
             self.direct_open = true;
