@@ -97,9 +97,10 @@ fn tcp_connect_and_udp_probes() {
 }
 
 /// A connect probe's direct socket is kept after a refusal, or after a success once
-/// the connection is reset (`connect(AF_UNSPEC)`) and its pending error cleared, and
-/// the slot's next connect probe connects it again: the verdicts must stay those of
-/// fresh sockets, and every connection the target accepted must have been reset.
+/// the connection is reset (`connect(AF_UNSPEC)`, which leaves ECONNRESET pending until
+/// the next connect starts), and the slot's next connect probe connects it again: the
+/// verdicts must stay those of fresh sockets, and every connection the target accepted
+/// must have been reset.
 #[test]
 fn reused_connect_sockets_judge_afresh_and_reset_every_connection() {
     if !lab::privileged_or_skip() {
