@@ -615,7 +615,7 @@ impl Worker {
         let idx = self.alloc(slot);
         let mut ops = Vec::with_capacity(2);
         let slot = self.slots[idx as usize].as_mut().expect("just allocated");
-        if self.direct && matches!(slot.job().spec.probe, ProbeSpec::TcpConnect) {
+        if slot.is_direct() {
             let family = slot.family();
             if let Some(w) = self.warm.get_mut(idx as usize).filter(|w| **w == family) {
                 // The socket is this probe's now; the slot's record is set again

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::engine::{
     http::{default_host, encode_request, CompiledExpect},
-    spec::{CheckSpec, ProbeSpec},
+    spec::{CheckSpec, HttpSpec, ProbeSpec},
     tls::{TlsConfigs, TlsSetupError},
 };
 
@@ -102,15 +102,18 @@ impl Prepared {
             })?),
             None => None,
         };
-        let host_default = default_host(&spec.target.host, spec.target.port, h.tls.is_some());
-        let mut request = Vec::with_capacity(256);
-        let request = encode_request(h, &host_default, &mut request)
-            .map(|()| Arc::from(request))
-            .map_err(|e| e.to_string());
         Ok(Self {
             http: Some(Arc::new(compiled)),
             tls,
-            request: Some(request),
+            request: Some(encode(spec, h)),
         })
     }
+}
+
+/// The request of HTTP check `spec` (probe `h`), or why it cannot be encoded.
+pub(super) fn encode(spec: &CheckSpec, h: &HttpSpec) -> Result<Arc<[u8]>, String> {
+    let host_default = default_host(&spec.target.host, spec.target.port, h.tls.is_some());
+    let mut request = Vec::with_capacity(256);
+    encode_request(h, &host_default, &mut request).map_err(|e| e.to_string())?;
+    Ok(Arc::from(request))
 }

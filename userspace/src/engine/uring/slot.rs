@@ -16,8 +16,8 @@ use super::{
 };
 use crate::engine::{
     http::{
-        default_host, encode_proxy_header, encode_request, error_reason as http_error_reason,
-        judge, Limits, Progress, ResponseParser,
+        encode_proxy_header, error_reason as http_error_reason, judge, Limits, Progress,
+        ResponseParser,
     },
     result::{CheckResult, Phases, Reason},
     spec::{HttpSpec, ProbeSpec},
@@ -194,24 +194,14 @@ pub(super) struct Idle {
     pub(super) since: Duration,
 }
 
-fn http_state(
-    job: &Job,
-    spec: &HttpSpec,
-    target: SocketAddr,
-) -> Result<(HttpState, Vec<u8>), Reason> {
+fn http_state(job: &Job, spec: &HttpSpec) -> Result<(HttpState, Vec<u8>), Reason> {
     let host = &job.spec.target.host;
     // Encoded once per check (`Prepared`); a job built without it encodes its own.
-    let request: Arc<[u8]> = match &job.prepared.request {
-        Some(Ok(r)) => Arc::clone(r),
-        Some(Err(e)) => return Err(local(format!("request: {e}"))),
-        None => {
-            let host_default = default_host(host, target.port(), spec.tls.is_some());
-            let mut request = Vec::with_capacity(256);
-            encode_request(spec, &host_default, &mut request)
-                .map_err(|e| local(format!("request: {e}")))?;
-            Arc::from(request)
-        }
-    };
+    let request = match &job.prepared.request {
+        Some(r) => r.clone(),
+        None => super::prepared::encode(&job.spec, spec),
+    }
+    .map_err(|e| local(format!("request: {e}")))?;
     // The PROXY header needs our own address, known only after connect (see
     // `http_connected`), so nothing is queued before the connection is up.
     let out = Vec::new();
@@ -279,7 +269,7 @@ impl Slot {
                 }
                 (libc::SOCK_DGRAM, Kind::Dns { id }, q)
             }
-            ProbeSpec::Http(h) => match http_state(&job, h, target) {
+            ProbeSpec::Http(h) => match http_state(&job, h) {
                 Ok((st, out)) => (libc::SOCK_STREAM, Kind::Http(Box::new(st)), out),
                 Err(r) => return Err(Box::new(result_of(&job, started, r, Phases::default()))),
             },
@@ -392,16 +382,12 @@ impl Slot {
             return ([connect, timeout, nop.clone(), nop], 2);
         }
         if self.direct && op == Op::Connect {
-            let domain = if self.job.spec.target.addr.is_ipv4() {
-                libc::AF_INET
-            } else {
-                libc::AF_INET6
-            };
-            let socket = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
-                .file_index(types::DestinationSlot::try_from_slot_target(idx).ok())
-                .build()
-                .user_data(encode(idx, TAG_SOCKET))
-                .flags(squeue::Flags::IO_LINK);
+            let socket =
+                opcode::Socket::new(self.family(), libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+                    .file_index(types::DestinationSlot::try_from_slot_target(idx).ok())
+                    .build()
+                    .user_data(encode(idx, TAG_SOCKET))
+                    .flags(squeue::Flags::IO_LINK);
             let linger = opcode::SetSockOpt::new(
                 types::Fixed(idx),
                 libc::SOL_SOCKET as u32,
@@ -471,13 +457,17 @@ impl Slot {
             .user_data(encode(idx, TAG_RECV))
     }
 
-    /// The connect probe on the worker's fixed-file slot, which holds a socket an
-    /// earlier probe left unconnected and reusable (same address family).
+    /// Whether the probe is a TCP connect on a direct descriptor (the fixed-file slot
+    /// of its slot index).
+    pub(super) fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The direct connect probe on the worker's fixed-file slot, which holds a socket
+    /// an earlier probe left unconnected and reusable (same address family).
     pub(super) fn use_warm_socket(&mut self) {
-        if self.direct {
-            self.warm = true;
-            self.direct_open = true;
-        }
+        self.warm = true;
+        self.direct_open = true;
     }
 
     /// The address family of the probe's target.
@@ -960,11 +950,7 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
     fn http_slot() -> Box<Slot> {
-        http_slot_with("GET")
-    }
-
-    fn http_slot_with(method: &str) -> Box<Slot> {
-        let Ok(slot) = Slot::new(http_job(method), None, false) else {
+        let Ok(slot) = Slot::new(http_job("GET"), None, false) else {
             panic!("slot");
         };
         slot
