@@ -27,8 +27,23 @@ pub const PROG_TC_INGRESS: &str = "sonde_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "sonde_tc_egress";
 /// Array map (one [`config::ProbeConfig`]) written by userspace at load time.
 pub const MAP_CONFIG: &str = "SONDE_CONFIG";
-/// Ring buffer of [`record::AnswerRecord`]s, kernel to userspace.
-pub const MAP_EVENTS: &str = "SONDE_EVENTS";
+/// Ring buffers of [`record::AnswerRecord`]s, kernel to userspace: an answer goes to
+/// the ring [`record::StampKey::ring`] names, so each stateless sender reads the
+/// answers to its own probes and nothing else (see [`EVENT_RINGS`]).
+pub const MAP_EVENTS: [&str; EVENT_RINGS] = [
+    "SONDE_EVENTS0",
+    "SONDE_EVENTS1",
+    "SONDE_EVENTS2",
+    "SONDE_EVENTS3",
+    "SONDE_EVENTS4",
+    "SONDE_EVENTS5",
+    "SONDE_EVENTS6",
+    "SONDE_EVENTS7",
+];
+/// Number of answer ring buffers (a power of two). Probes are spread over them by
+/// source port (TCP, UDP) or echo sequence number (ICMP) modulo this number; a
+/// sender that uses one residue class modulo a divisor of it owns whole rings.
+pub const EVENT_RINGS: usize = 8;
 /// Array of egress stamps: send times in the slots [`record::StampKey`]s hash to ([`stamp`]).
 pub const MAP_STAMPS: &str = "SONDE_STAMPS";
 /// Per-CPU array of XDP counters, indexed by [`counters::XdpReason`].
@@ -36,8 +51,8 @@ pub const MAP_XDP_COUNTERS: &str = "SONDE_XDP_COUNTERS";
 /// Per-CPU array of TC egress counters, indexed by [`counters::TcReason`].
 pub const MAP_TC_COUNTERS: &str = "SONDE_TC_COUNTERS";
 
-/// Ring buffer size in bytes (power of two, multiple of the page size).
-pub const EVENTS_BYTES: u32 = 1 << 22;
+/// Size of each ring buffer in bytes (power of two, multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
 /// The XDP program submits records without waking the reader (`BPF_RB_NO_WAKEUP`)
 /// until this many bytes wait in the ring buffer, then forces a wake-up. A wake-up
 /// per record (the kernel's default whenever the reader has caught up) costs an

@@ -68,6 +68,25 @@ pub struct StampKey {
     pub seq: u32,
 }
 
+impl StampKey {
+    /// Which answer ring buffer (`0..EVENT_RINGS`) an answer to this probe goes to:
+    /// the echo sequence number for ICMP, the source port's offset in the reserved
+    /// range (`port_lo` up) otherwise, modulo [`crate::EVENT_RINGS`]. A sender that
+    /// uses the ports `port_lo + i + k * n` (sequence numbers `i + k * n`), with `n`
+    /// dividing `EVENT_RINGS`, gets all its answers in the rings `r` with
+    /// `r % n == i`, and no other sender's.
+    #[inline(always)]
+    #[must_use]
+    pub fn ring(&self, port_lo: u16) -> usize {
+        let n = if self.proto == crate::proto::ICMP || self.proto == crate::proto::ICMPV6 {
+            self.remote_port
+        } else {
+            self.local_port.wrapping_sub(port_lo)
+        };
+        usize::from(n) & (crate::EVENT_RINGS - 1)
+    }
+}
+
 /// Flag bits of [`AnswerRecord::flags`].
 pub mod flags {
     /// The answer carried a valid cookie (TCP, or a quoted TCP probe).
@@ -135,5 +154,40 @@ mod tests {
             }
         }
         assert_eq!(AnswerClass::from_u8(0), None);
+    }
+
+    /// Each of `n` senders (n dividing the ring count) stepping through its residue
+    /// class of ports or echo sequence numbers, wrapping as the engine does, owns the
+    /// rings `r % n == i` and meets no other sender's ring.
+    #[test]
+    fn a_senders_answers_go_to_its_own_rings() {
+        use crate::{proto, EVENT_RINGS};
+        let (lo, hi) = (40003u16, 40999u16);
+        for n in [1u16, 2, 4, 8] {
+            for i in 0..n {
+                let mut port = lo + i;
+                let mut seq = i.wrapping_sub(n * 3);
+                for _ in 0..3000 {
+                    for (p, local, remote) in [
+                        (proto::TCP, port, 80),
+                        (proto::UDP, port, 53),
+                        (proto::ICMP, 7, seq),
+                        (proto::ICMPV6, 7, seq),
+                    ] {
+                        let key = StampKey {
+                            local_port: local,
+                            remote_port: remote,
+                            proto: p,
+                            ..StampKey::default()
+                        };
+                        let r = key.ring(lo);
+                        assert!(r < EVENT_RINGS);
+                        assert_eq!(r % usize::from(n), usize::from(i), "n {n} i {i} {key:?}");
+                    }
+                    port = if port + n > hi { lo + i } else { port + n };
+                    seq = seq.wrapping_add(n);
+                }
+            }
+        }
     }
 }

@@ -46,8 +46,24 @@ use probe_common::{
 #[map(name = "SONDE_CONFIG")]
 static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "SONDE_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+// The answer rings, one per residue of `StampKey::ring` (names: `MAP_EVENTS`).
+#[map(name = "SONDE_EVENTS0")]
+static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS1")]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS2")]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS3")]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS4")]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS5")]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS6")]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "SONDE_EVENTS7")]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+const _: () = assert!(probe_common::EVENT_RINGS == 8, "one static per ring above");
 
 #[map(name = "SONDE_STAMPS")]
 static STAMPS: Array<u64> = Array::with_max_entries(stamp::SLOTS, 0);
@@ -231,8 +247,35 @@ fn classify_record(pkt: &Packet, cfg: &ProbeConfig) -> XdpReason {
     } else {
         bump(&XDP_COUNTERS, XdpReason::NoStamp as u32);
     }
-    let Some(mut entry) = EVENTS.reserve::<AnswerRecord>(0) else {
+    // Each arm calls `emit` with its own ring: the verifier needs the map to be a
+    // constant at every helper call.
+    let emitted = match answer.key.ring(cfg.port_lo) {
+        0 => emit(&EVENTS0, answer, rx_ns, tx_ns, rec_flags),
+        1 => emit(&EVENTS1, answer, rx_ns, tx_ns, rec_flags),
+        2 => emit(&EVENTS2, answer, rx_ns, tx_ns, rec_flags),
+        3 => emit(&EVENTS3, answer, rx_ns, tx_ns, rec_flags),
+        4 => emit(&EVENTS4, answer, rx_ns, tx_ns, rec_flags),
+        5 => emit(&EVENTS5, answer, rx_ns, tx_ns, rec_flags),
+        6 => emit(&EVENTS6, answer, rx_ns, tx_ns, rec_flags),
+        _ => emit(&EVENTS7, answer, rx_ns, tx_ns, rec_flags),
+    };
+    if !emitted {
         return XdpReason::RingFull;
+    }
+    match answer.class {
+        AnswerClass::Open => XdpReason::AnswerOpen,
+        AnswerClass::Closed => XdpReason::AnswerClosed,
+        AnswerClass::EchoReply => XdpReason::AnswerEcho,
+        AnswerClass::Unreachable => XdpReason::AnswerUnreachable,
+        AnswerClass::UdpReply => XdpReason::AnswerUdp,
+    }
+}
+
+/// Write the record of `answer` into `ring`; `false` if the ring is full.
+#[inline(always)]
+fn emit(ring: &RingBuf, answer: &Answer, rx_ns: u64, tx_ns: u64, rec_flags: u8) -> bool {
+    let Some(mut entry) = ring.reserve::<AnswerRecord>(0) else {
+        return false;
     };
     // Fill the reserved slot in place: building the record on the stack first would
     // not fit in the 512-byte BPF stack next to the parser's state.
@@ -260,19 +303,13 @@ fn classify_record(pkt: &Packet, cfg: &ProbeConfig) -> XdpReason {
     }
     // Wake the reader only once a batch is waiting (see EVENTS_WAKEUP_BYTES);
     // readers poll every EVENTS_POLL_MS.
-    let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKEUP_BYTES {
+    let wake = if ring.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(u64::from(wake));
-    match answer.class {
-        AnswerClass::Open => XdpReason::AnswerOpen,
-        AnswerClass::Closed => XdpReason::AnswerClosed,
-        AnswerClass::EchoReply => XdpReason::AnswerEcho,
-        AnswerClass::Unreachable => XdpReason::AnswerUnreachable,
-        AnswerClass::UdpReply => XdpReason::AnswerUdp,
-    }
+    true
 }
 
 /// Passes every frame. Not attached by sonde itself: labs attach it to the target's

@@ -206,3 +206,150 @@ fn the_source_address_follows_a_route_change() {
     assert_ne!(sources.epoch(), epoch, "rtnetlink announced no change");
     assert_eq!(local(&sources, &mut cache), "198.18.0.11");
 }
+
+/// The answer rings divide between stateless workers by residue: reader `i` of `n`
+/// gets the rings `r % n == i`, `n` rounded down to a power of two no larger than the
+/// rings, and together they hold every ring once.
+#[test]
+fn the_answer_rings_divide_by_residue() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    lab.prober
+        .run(|| {
+            for (want, parts) in [(1, 1), (2, 2), (3, 2), (4, 4), (7, 4), (8, 8), (64, 8)] {
+                let mut k = KernelProbes::load().expect("load");
+                let split = k.take_events().expect("events").split(want);
+                assert_eq!(split.len(), parts, "split({want})");
+                let mut all = Vec::new();
+                for (i, part) in split.iter().enumerate() {
+                    let rings = part.rings();
+                    assert!(!rings.is_empty());
+                    assert!(
+                        rings.iter().all(|r| r % parts == i),
+                        "{want}: {i} {rings:?}"
+                    );
+                    all.extend(rings);
+                }
+                all.sort_unstable();
+                assert_eq!(all, (0..probe_common::EVENT_RINGS).collect::<Vec<_>>());
+            }
+        })
+        .expect("enter prober");
+}
+
+/// Eight stateless workers (more than this machine's cores), each sending from its
+/// own residue class of ports and sequence numbers and reading only its own rings:
+/// every SYN, echo and UDP answer is matched to its probe (a worker reading another's
+/// ring would find nothing and its probes would time out), with the kernel's clock,
+/// and nothing is left over. The port range starts off the ring count's multiples,
+/// so a ring chosen by the port alone instead of its offset in the range would show.
+#[test]
+fn eight_workers_each_match_the_answers_to_their_own_probes() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    let lab = Lab::two_hosts().expect("lab");
+    let _l = lab
+        .target
+        .run(|| TcpListener::bind("198.18.0.2:80"))
+        .expect("enter")
+        .expect("listen");
+    let out = lab
+        .target
+        .exec(&["sysctl", "-qw", "net.ipv4.icmp_ratemask=0"])
+        .expect("sysctl");
+    assert!(out.status.success(), "{out:?}");
+    let iface = lab.link.a.name.clone();
+    let (engine, kernel) = lab
+        .prober
+        .run(move || {
+            // A range that does not start at a multiple of the ring count.
+            let ports = PortRange {
+                lo: 61003,
+                hi: 61999,
+            };
+            let cfg = new_config(ports);
+            let mut k = KernelProbes::load().expect("load");
+            k.set_config(&cfg).expect("config");
+            k.attach(&iface).expect("attach");
+            ports.reserve().expect("reserve ports");
+            let parts = StatelessParts {
+                source: Box::new(k.take_events().expect("events")),
+                probe: cfg,
+            };
+            let e = Engine::start(
+                &EngineConfig {
+                    threads: 1,
+                    stateless_senders: 8,
+                    ..EngineConfig::default()
+                },
+                Some(parts),
+            )
+            .expect("engine");
+            (e, k)
+        })
+        .expect("enter prober");
+    let t = Duration::from_secs(2);
+    let udp = ProbeSpec::Udp(Box::new(UdpSpec {
+        payload: b"hello".to_vec(),
+        expect_prefix: Vec::new(),
+    }));
+    let specs = [
+        check("open", "198.18.0.2", 80, ProbeSpec::TcpSyn, t),
+        check("closed", "198.18.0.2", 81, ProbeSpec::TcpSyn, t),
+        check("ping", "198.18.0.2", 0, ProbeSpec::Icmp, t),
+        check("udp-closed", "198.18.0.2", 8, udp, t),
+    ];
+    let before = kernel.counters().expect("counters");
+    let per_check = 2000u64;
+    let total = per_check * specs.len() as u64;
+    let results = std::thread::scope(|s| {
+        s.spawn(|| {
+            for n in 0..per_check {
+                for (i, spec) in specs.iter().enumerate() {
+                    let job = Job::new(Arc::clone(spec), n * 4 + i as u64).expect("prepare");
+                    engine.submit(job).expect("running");
+                }
+            }
+        });
+        let mut results = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            let r = engine
+                .results()
+                .recv_timeout(Duration::from_secs(10))
+                .expect("result");
+            results.push(r);
+        }
+        results
+    });
+    let mut seen = vec![false; total as usize];
+    for r in &results {
+        let want = match r.check.as_str() {
+            "open" | "ping" => Reason::Ok,
+            _ => Reason::Refused,
+        };
+        assert_eq!(r.reason, want, "{r:?}");
+        assert_eq!(r.clock, Clock::Kernel, "{r:?}");
+        assert!(
+            !std::mem::replace(&mut seen[r.seq as usize], true),
+            "{r:?} twice"
+        );
+    }
+    let d = kernel.counters().expect("counters").since(&before);
+    use probe_common::counters::XdpReason;
+    assert_eq!(d.xdp(XdpReason::AnswerOpen), per_check);
+    assert_eq!(d.xdp(XdpReason::AnswerClosed), per_check);
+    assert_eq!(d.xdp(XdpReason::AnswerEcho), per_check);
+    assert_eq!(d.xdp(XdpReason::AnswerUnreachable), per_check);
+    assert_eq!(d.xdp(XdpReason::RingFull), 0);
+    // A worker counts its results finished once per pass, just after sending them.
+    let limit = std::time::Instant::now() + Duration::from_secs(1);
+    while engine.stats().finished < total && std::time::Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.started, stats.finished), (total, total));
+    engine.shutdown();
+}

@@ -12,10 +12,12 @@
 //! - every verdict is what the host classifier implies: `XDP_DROP` for an answer or a
 //!   bad cookie, except a SYN-ACK (left to the prober's TCP stack to reset),
 //!   `XDP_PASS` otherwise;
-//! - every record drained from the ring buffer is, in order, the answer the host
-//!   classifier found in a frame (same key, class, reporter and answer fields): no frame
-//!   that is not a valid answer to our probe is ever reported as one, and no answer is
-//!   lost (the ring is drained every [`BATCH`] frames, far below its capacity);
+//! - every record drained from each of the answer rings is, in order, the answer the
+//!   host classifier found in a frame whose key selects that ring (`StampKey::ring`;
+//!   same key, class, reporter and answer fields): no frame that is not a valid answer
+//!   to our probe is ever reported as one, no answer lands in another ring, and no
+//!   answer is lost (the rings are drained every [`BATCH`] frames, far below their
+//!   capacity);
 //! - at the end the exclusive counters sum to the number of frames run, each one equals
 //!   the host's count for its reason, and `no_stamp` counts every answer (nothing was
 //!   stamped).
@@ -40,9 +42,10 @@ use probe_common::{
         Answer,
     },
     record::{flags, AnswerClass, AnswerRecord},
+    EVENT_RINGS,
 };
 use sonde::{
-    ebpf::{self, KernelProbes},
+    ebpf::{self, Events, KernelProbes},
     lab,
 };
 use sonde_tests::frames::*;
@@ -52,7 +55,7 @@ const XDP_PASS: u32 = 2;
 
 /// Frames run unless `SONDE_FUZZ_FRAMES` says otherwise.
 const FRAMES: u64 = 1_000_000;
-/// Frames between two ring-buffer drains. The ring holds 4 MiB, over 30,000 records.
+/// Frames between two ring-buffer drains. Each ring holds 1 MiB, over 10,000 records.
 const BATCH: u64 = 1024;
 
 /// xorshift64* (Vigna): small, fast, and the same sequence for the same seed everywhere.
@@ -391,18 +394,25 @@ fn check_record(seed: u64, rec: &AnswerRecord, p: &Pending) {
     );
 }
 
-fn drain(seed: u64, k: &mut KernelProbes, pending: &mut VecDeque<Pending>) {
-    k.drain(|rec| match pending.pop_front() {
-        Some(p) => check_record(seed, &rec, &p),
-        None => panic!("seed {seed}: record for no frame the host took as an answer: {rec:?}"),
-    });
-    if let Some(p) = pending.front() {
-        panic!(
-            "seed {seed}: no record for answer frame #{} {} ({:?})",
-            p.index,
-            hex(&p.frame),
-            p.answer
-        );
+/// Drain every ring (one per part of `rings`) against the answers expected in it.
+fn drain(seed: u64, rings: &mut [Events], pending: &mut [VecDeque<Pending>]) {
+    for part in rings.iter_mut() {
+        let ring = part.rings()[0];
+        let queue = &mut pending[ring];
+        part.drain(|rec| match queue.pop_front() {
+            Some(p) => check_record(seed, &rec, &p),
+            None => panic!(
+                "seed {seed}: record in ring {ring} for no frame the host took as an answer there: {rec:?}"
+            ),
+        });
+        if let Some(p) = queue.front() {
+            panic!(
+                "seed {seed}: no record in ring {ring} for answer frame #{} {} ({:?})",
+                p.index,
+                hex(&p.frame),
+                p.answer
+            );
+        }
     }
 }
 
@@ -477,7 +487,10 @@ fn agree_on_random_frames(hook: Hook, n: u64) {
     }
     let before = k.counters().expect("counters");
     let mut expected = vec![0u64; XdpReason::EXCLUSIVE as usize];
-    let mut pending = VecDeque::new();
+    // One reader per ring, each checked against the answers whose key selects it.
+    let mut rings = k.take_events().expect("events").split(EVENT_RINGS);
+    assert_eq!(rings.len(), EVENT_RINGS);
+    let mut pending: Vec<VecDeque<Pending>> = (0..EVENT_RINGS).map(|_| VecDeque::new()).collect();
     let mut answers = 0u64;
     let mut refused = 0u64;
     let started = Instant::now();
@@ -521,17 +534,17 @@ fn agree_on_random_frames(hook: Hook, n: u64) {
         expected[reason_of(&host) as usize] += 1;
         if let Ok(answer) = host {
             answers += 1;
-            pending.push_back(Pending {
+            pending[answer.key.ring(cfg.port_lo)].push_back(Pending {
                 index: i,
                 frame: f,
                 answer,
             });
         }
         if (i + 1) % BATCH == 0 {
-            drain(seed, &mut k, &mut pending);
+            drain(seed, &mut rings, &mut pending);
         }
     }
-    drain(seed, &mut k, &mut pending);
+    drain(seed, &mut rings, &mut pending);
     let took = started.elapsed();
     let d = k.counters().expect("counters").since(&before);
     println!(

@@ -180,17 +180,18 @@ impl KernelProbes {
                 source,
             })?;
         }
-        let events = ebpf.take_map(MAP_EVENTS).ok_or(KernelError::Missing {
-            kind: "map",
-            name: MAP_EVENTS,
-        })?;
-        let events = RingBuf::try_from(events).map_err(|source| KernelError::Map {
-            map: MAP_EVENTS,
-            source,
-        })?;
+        let mut rings = Vec::with_capacity(MAP_EVENTS.len());
+        for (i, name) in MAP_EVENTS.into_iter().enumerate() {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(KernelError::Missing { kind: "map", name })?;
+            let ring =
+                RingBuf::try_from(map).map_err(|source| KernelError::Map { map: name, source })?;
+            rings.push((i, ring));
+        }
         Ok(Self {
             ebpf,
-            events: Some(Events(events)),
+            events: Some(Events::new(rings)),
             attached: Vec::new(),
             ingress: probe_config::ingress::XDP,
             config: None,

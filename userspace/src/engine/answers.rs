@@ -25,6 +25,11 @@ pub trait AnswerSource {
     fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize;
     /// Which clock the records' times come from.
     fn clock(&self) -> Clock;
+    /// Divide this source among up to `n` readers, reader `i` getting the answers to
+    /// probes whose [`StampKey::ring`](probe_common::record::StampKey::ring) is `i`
+    /// modulo the number of readers returned (a power of two, at most `n`). A source
+    /// that cannot be divided returns itself alone, for one reader.
+    fn split(self: Box<Self>, n: usize) -> Vec<Box<dyn AnswerSource + Send>>;
 }
 
 impl AnswerSource for KernelProbes {
@@ -38,6 +43,12 @@ impl AnswerSource for KernelProbes {
 
     fn clock(&self) -> Clock {
         Clock::Kernel
+    }
+
+    /// Read through the handle, one reader; [`crate::ebpf::Events`] (taken from it with
+    /// `take_events`) divides.
+    fn split(self: Box<Self>, _n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
+        vec![self]
     }
 }
 
@@ -247,6 +258,11 @@ impl AnswerSource for PacketSource {
     fn clock(&self) -> Clock {
         Clock::Userspace
     }
+
+    /// One packet socket sees every answer: it stays whole, for one reader.
+    fn split(self: Box<Self>, _n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
+        vec![self]
+    }
 }
 
 impl AnswerSource for crate::ebpf::Events {
@@ -260,6 +276,14 @@ impl AnswerSource for crate::ebpf::Events {
 
     fn clock(&self) -> Clock {
         Clock::Kernel
+    }
+
+    fn split(self: Box<Self>, n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
+        (*self)
+            .split(n)
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn AnswerSource + Send>)
+            .collect()
     }
 }
 

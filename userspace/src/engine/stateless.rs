@@ -1,31 +1,27 @@
 //! The stateless probe workers: TCP SYN, ICMP echo and UDP probes (a UDP check that
 //! takes any answer, see [`is_stateless_udp`]) sent from raw sockets,
-//! answered through an [`AnswerSource`] (the XDP ring buffer, or the userspace
-//! fallback), matched by their [`StampKey`] and expired at their deadline.
+//! answered through an [`AnswerSource`] (the kernel programs' ring buffers, or the
+//! userspace fallback), matched by their [`StampKey`] and expired at their deadline.
 //!
 //! No socket per probe and no per-probe kernel state: a probe is a key in a table from
-//! send until its answer or its deadline. Several sender threads share the job queue;
-//! each owns a slice of the source ports (and of the ICMP sequence space), builds
-//! probes in batches and sends each batch with one `sendmmsg`. One collector thread
-//! reads the answers, resolves them in the sharded pending table, answers every
-//! SYN-ACK with an RST (batched too) so the target keeps no half-open connection, and
-//! expires probes whose deadline passed.
+//! send until its answer or its deadline. Several workers share the job queue and
+//! nothing else: each owns a residue class of the source ports (and of the ICMP
+//! sequence numbers), the answer rings those select ([`StampKey::ring`]), and the
+//! table and deadlines of its own probes. It builds probes in batches, sends each
+//! batch with one `sendmmsg`, reads its rings and expires its probes, so no probe's
+//! state crosses cores (a SYN-ACK's reset is made by the kernel programs, or by the
+//! host's TCP stack).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{BuildHasher, Hash},
     io,
     net::IpAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use parking_lot::Mutex;
 use probe_common::{
     config::ProbeConfig,
     cookie::cookie,
@@ -33,8 +29,8 @@ use probe_common::{
     parse::tcp_flags,
     proto,
     record::{flags, AnswerClass, AnswerRecord, StampKey},
+    EVENT_RINGS,
 };
-use tracing::warn;
 
 use super::{
     answers::AnswerSource,
@@ -46,9 +42,6 @@ use super::{
     Clock,
 };
 
-/// Pending-table shards (a power of two).
-const SHARDS: usize = 64;
-
 /// One probe waiting for its answer.
 struct Pending {
     /// The job it came from.
@@ -57,15 +50,6 @@ struct Pending {
     sent: Duration,
     /// Deadline, CLOCK_MONOTONIC.
     deadline: Duration,
-}
-
-/// One shard of the pending table: probes by key, and their deadlines.
-#[derive(Default)]
-struct Shard {
-    /// Probes in flight.
-    map: HashMap<StampKey, Pending, foldhash::fast::FixedState>,
-    /// When to look at each key again (stale entries are skipped when due).
-    deadlines: Deadlines,
 }
 
 /// Granularity of [`Deadlines`]; the collector looks at them about this often anyway.
@@ -122,74 +106,33 @@ impl Deadlines {
     }
 }
 
-/// Probes in flight, sharded so senders and the collector rarely meet on a lock.
-struct Table {
-    /// The shards.
-    shards: Vec<Mutex<Shard>>,
-    /// Hasher choosing a shard.
-    hasher: foldhash::fast::FixedState,
-}
-
-impl Table {
-    fn new() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: foldhash::fast::FixedState::default(),
-        }
-    }
-
-    fn shard(&self, key: &StampKey) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[usize::try_from(std::hash::Hasher::finish(&h)).unwrap_or(0) & (SHARDS - 1)]
-    }
-}
-
-/// What the senders and the collector share.
+/// What the workers share: nothing per probe.
 struct Shared {
-    /// Probes in flight.
-    table: Table,
     /// Results out.
     results: Sender<CheckResult>,
     /// Engine counters.
     stats: Arc<EngineStats>,
     /// Which clock measures answers without a kernel stamp.
     clock: Clock,
-    /// Set when the job queue closed and the senders are done.
-    senders_done: AtomicBool,
-    /// Source addresses and the routing epoch (polled by the collector).
+    /// Source addresses and the routing epoch.
     sources: Sources,
 }
 
-impl Shared {
-    fn finish(
-        &self,
-        job: &Job,
-        reason: Reason,
-        rtt: Option<Duration>,
-        clock: Clock,
-        total: Duration,
-    ) {
-        self.stats.finished.fetch_add(1, Ordering::Relaxed);
-        let phases = Phases {
-            total: Some(total),
-            ..Phases::default()
-        };
-        let _ = self.results.send(CheckResult {
-            check: job.spec.id.clone(),
-            seq: job.seq,
-            reason,
-            rtt,
-            clock,
-            phases,
-            http_status: None,
-            cert_days_left: None,
-        });
-    }
-}
+/// How long an idle worker (nothing in flight) sleeps on the job queue before it
+/// looks again.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// Start the stateless workers: `senders` sender threads and one collector. Must be
-/// called from a thread in the network namespace the probes go out of.
+/// How long a worker with probes in flight but nothing to send waits for a job before
+/// it reads its rings and deadlines again (the kernel programs wake no reader before
+/// `EVENTS_WAKEUP_BYTES` wait, so they are read this often anyway).
+const BUSY_WAIT: Duration = Duration::from_millis(probe_common::EVENTS_POLL_MS as u64);
+
+/// How often a worker reads the routing news ([`Sources::poll`]) while it runs.
+const ROUTES_EVERY: Duration = Duration::from_millis(1);
+
+/// Start the stateless workers, up to `senders` of them (a power of two: as many as
+/// the answer source divides into, see [`AnswerSource::split`]). Must be called from a
+/// thread in the network namespace the probes go out of.
 ///
 /// # Errors
 /// Raw sockets cannot be opened (needs CAP_NET_RAW).
@@ -201,51 +144,53 @@ pub fn spawn(
     stats: Arc<EngineStats>,
     senders: usize,
 ) -> io::Result<Vec<JoinHandle<()>>> {
-    let senders = senders.clamp(1, usize::from(cfg.port_hi - cfg.port_lo) + 1);
+    let clock = source.clock();
+    let want = senders.clamp(1, usize::from(cfg.port_hi - cfg.port_lo) + 1);
+    let parts = source.split(want);
+    let n = parts.len();
+    // Worker i uses the ports and sequence numbers i + k * n: its answers are in the
+    // rings r with r % n == i (`StampKey::ring`), those its part holds.
+    if !(n.is_power_of_two() && n <= EVENT_RINGS && n <= want) {
+        return Err(io::Error::other(format!(
+            "answer source divided into {n} parts for {want} senders (want a power of two up to {EVENT_RINGS})"
+        )));
+    }
     let shared = Arc::new(Shared {
-        table: Table::new(),
         results,
         stats,
-        clock: source.clock(),
-        senders_done: AtomicBool::new(false),
+        clock,
         sources: Sources::new(),
     });
-    let mut handles = Vec::with_capacity(senders + 1);
-    let mut sender_handles = Vec::with_capacity(senders);
-    for i in 0..senders {
-        let mut s = SenderThread {
+    let mut handles = Vec::with_capacity(n);
+    for (i, source) in parts.into_iter().enumerate() {
+        let index = u16::try_from(i).unwrap_or(0);
+        let mut w = Worker {
             raw: RawSender::new()?,
             cfg,
-            index: u16::try_from(i).unwrap_or(0),
-            stride: u16::try_from(senders).unwrap_or(1),
-            next_port: cfg.port_lo + u16::try_from(i).unwrap_or(0),
-            next_seq: u16::try_from(i).unwrap_or(0),
+            index,
+            stride: u16::try_from(n).unwrap_or(1),
+            next_port: cfg.port_lo + index,
+            next_seq: index,
             sources: SenderView::default(),
             batch: Batch::default(),
             keys: Vec::with_capacity(super::raw::BATCH),
             sent: Vec::with_capacity(super::raw::BATCH),
             shared: Arc::clone(&shared),
             started: 0,
+            finished: 0,
+            source,
+            pending: HashMap::default(),
+            deadlines: Deadlines::default(),
+            answers: Vec::with_capacity(1024),
+            routes_polled: Instant::now(),
         };
         let rx = rx.clone();
-        sender_handles.push(
+        handles.push(
             std::thread::Builder::new()
-                .name(format!("sonde-send-{i}"))
-                .spawn(move || s.run(&rx))?,
+                .name(format!("sonde-stateless-{i}"))
+                .spawn(move || w.run(&rx))?,
         );
     }
-    let mut c = Collector {
-        source,
-        shared: Arc::clone(&shared),
-    };
-    handles.push(
-        std::thread::Builder::new()
-            .name("sonde-collect".into())
-            .spawn(move || {
-                // The collector outlives the senders: it waits for their last probes.
-                c.run(sender_handles);
-            })?,
-    );
     Ok(handles)
 }
 
@@ -256,21 +201,22 @@ fn family_bytes(a: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
-/// A sender: takes jobs, builds and sends probes in batches, registers them.
-struct SenderThread {
+/// A stateless worker: takes jobs, builds and sends probes in batches, and matches
+/// and expires them.
+struct Worker {
     /// Raw sockets.
     raw: RawSender,
     /// Ports, ICMP id and cookie key.
     cfg: ProbeConfig,
-    /// This sender's index: it uses ports `port_lo + index + k * stride`.
+    /// This worker's index: it uses ports `port_lo + index + k * stride`.
     index: u16,
-    /// Number of senders.
+    /// Number of workers.
     stride: u16,
-    /// Next source port (of this sender's slice).
+    /// Next source port (of this worker's slice).
     next_port: u16,
-    /// Next ICMP sequence number (of this sender's residue class).
+    /// Next ICMP sequence number (of this worker's residue class).
     next_seq: u16,
-    /// This sender's view of the source addresses (see `sources::SenderView`).
+    /// This worker's view of the source addresses (see `sources::SenderView`).
     sources: SenderView,
     /// Packets being built.
     batch: Batch,
@@ -278,29 +224,88 @@ struct SenderThread {
     keys: Vec<(StampKey, Job)>,
     /// The keys of the batch being sent, in order (to match send errors).
     sent: Vec<StampKey>,
-    /// Shared with the collector.
+    /// Shared with the other workers.
     shared: Arc<Shared>,
     /// Probes built and not yet added to the engine's `started`.
     started: u64,
+    /// Results sent and not yet added to the engine's `finished`.
+    finished: u64,
+    /// This worker's answers (its rings).
+    source: Box<dyn AnswerSource + Send>,
+    /// This worker's probes in flight.
+    pending: HashMap<StampKey, Pending, foldhash::fast::FixedState>,
+    /// When to look at each key again (stale entries are skipped when due).
+    deadlines: Deadlines,
+    /// Answers read, being matched.
+    answers: Vec<AnswerRecord>,
+    /// When the routing news were last read.
+    routes_polled: Instant,
 }
 
-impl SenderThread {
+impl Worker {
     fn run(&mut self, rx: &Receiver<Job>) {
+        let mut open = true;
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(job) => self.build(job),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while !self.batch.is_full() {
-                match rx.try_recv() {
-                    Ok(job) => self.build(job),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            let mut got = 0usize;
+            if open {
+                if self.pending.is_empty() {
+                    // Nothing in flight: sleep on the queue.
+                    match rx.recv_timeout(IDLE_WAIT) {
+                        Ok(job) => {
+                            self.poll_routes(true);
+                            self.build(job);
+                            got += 1;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => open = false,
+                    }
                 }
+                while open && !self.batch.is_full() {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            self.build(job);
+                            got += 1;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => open = false,
+                    }
+                }
+                self.flush();
             }
-            self.flush();
+            self.poll_routes(false);
+            self.collect();
+            self.expire();
+            self.count_finished();
+            if self.pending.is_empty() {
+                if !open {
+                    break;
+                }
+            } else if got == 0 {
+                self.wait(rx, &mut open);
+            }
         }
-        self.flush();
+    }
+
+    /// Nothing to send and probes in flight: wait for a job, or for answers when the
+    /// source times them in userspace (on arrival, so it must be read at once).
+    fn wait(&mut self, rx: &Receiver<Job>, open: &mut bool) {
+        if self.shared.clock == Clock::Userspace || !*open {
+            self.source.wait(BUSY_WAIT);
+            return;
+        }
+        match rx.recv_timeout(BUSY_WAIT) {
+            Ok(job) => self.build(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => *open = false,
+        }
+    }
+
+    /// Read the routing news (always when `now`, else at most every [`ROUTES_EVERY`]).
+    fn poll_routes(&mut self, now: bool) {
+        if now || self.routes_polled.elapsed() >= ROUTES_EVERY {
+            self.routes_polled = Instant::now();
+            self.shared.sources.poll();
+        }
     }
 
     fn take_port(&mut self) -> u16 {
@@ -430,12 +435,9 @@ impl SenderThread {
     /// End a probe that was never sent.
     fn fail(&mut self, job: &Job, reason: Reason) {
         self.count_started();
-        self.shared
-            .finish(job, reason, None, self.shared.clock, Duration::ZERO);
+        self.finish(job, reason, None, self.shared.clock, Duration::ZERO);
     }
 
-    /// Register the batch's probes, then send it. Registering first means an answer can
-    /// never arrive before its probe is known.
     /// Add the probes built since the last call to the engine's `started` (before any
     /// of them can be counted finished).
     fn count_started(&mut self) {
@@ -447,6 +449,45 @@ impl SenderThread {
         }
     }
 
+    /// Send a probe's result (counted finished in [`Self::count_finished`]).
+    fn finish(
+        &mut self,
+        job: &Job,
+        reason: Reason,
+        rtt: Option<Duration>,
+        clock: Clock,
+        total: Duration,
+    ) {
+        self.finished += 1;
+        let phases = Phases {
+            total: Some(total),
+            ..Phases::default()
+        };
+        let _ = self.shared.results.send(CheckResult {
+            check: job.spec.id.clone(),
+            seq: job.seq,
+            reason,
+            rtt,
+            clock,
+            phases,
+            http_status: None,
+            cert_days_left: None,
+        });
+    }
+
+    /// Add the results sent since the last call to the engine's `finished` (after the
+    /// probes were counted started: [`Self::count_started`] runs first in each pass).
+    fn count_finished(&mut self) {
+        if self.finished > 0 {
+            self.shared
+                .stats
+                .finished
+                .fetch_add(std::mem::take(&mut self.finished), Ordering::Relaxed);
+        }
+    }
+
+    /// Register the batch's probes, then send it. Registering first means an answer can
+    /// never be read before its probe is known.
     fn flush(&mut self) {
         self.count_started();
         if self.keys.is_empty() {
@@ -459,11 +500,9 @@ impl SenderThread {
         self.sent.clear();
         for (key, job) in built.drain(..) {
             self.sent.push(key);
-            let key = &key;
             let deadline = now + job.spec.timeout;
-            let mut shard = self.shared.table.shard(key).lock();
-            if let Some(old) = shard.map.insert(
-                *key,
+            if let Some(old) = self.pending.insert(
+                key,
                 Pending {
                     job,
                     sent: now,
@@ -472,24 +511,22 @@ impl SenderThread {
             ) {
                 // The same port/sequence came round again before the last probe on it
                 // was answered: that probe can no longer be told apart; end it.
-                drop(shard);
-                self.shared.finish(
+                let clock = self.shared.clock;
+                self.finish(
                     &old.job,
                     Reason::Timeout,
                     None,
-                    self.shared.clock,
+                    clock,
                     now.saturating_sub(old.sent),
                 );
-                shard = self.shared.table.shard(key).lock();
             }
-            shard.deadlines.push(deadline, *key);
+            self.deadlines.push(deadline, key);
         }
         let mut errors = Vec::new();
         self.raw.send_batch(&mut self.batch, &mut errors);
         for (i, e) in errors {
-            let key = &self.sent[i];
-            let removed = self.shared.table.shard(key).lock().map.remove(key);
-            if let Some(p) = removed {
+            let key = self.sent[i];
+            if let Some(p) = self.pending.remove(&key) {
                 let reason = match e.raw_os_error() {
                     Some(libc::EHOSTUNREACH) => Reason::Unreachable {
                         icmp_type: 3,
@@ -503,75 +540,25 @@ impl SenderThread {
                         detail: format!("send: {e}"),
                     },
                 };
-                self.shared
-                    .finish(&p.job, reason, None, self.shared.clock, Duration::ZERO);
+                let clock = self.shared.clock;
+                self.finish(&p.job, reason, None, clock, Duration::ZERO);
             }
         }
         self.keys = built;
     }
-}
 
-/// Whether a UDP check can run stateless: any answer counts, so the XDP program's
-/// record of it (which carries no payload) decides. A check that looks at the answer's
-/// bytes needs a socket.
-#[must_use]
-pub fn is_stateless_udp(u: &super::spec::UdpSpec) -> bool {
-    u.expect_prefix.is_empty()
-}
-
-/// ICMP "port unreachable": type 3 code 3 (IPv4), ICMPv6 type 1 code 4.
-fn is_port_unreachable(family: u8, icmp_type: u8, icmp_code: u8) -> bool {
-    if family == probe_common::family::V4 {
-        (icmp_type, icmp_code) == (3, 3)
-    } else {
-        (icmp_type, icmp_code) == (1, 4)
-    }
-}
-
-/// The collector: answers in, results out, deadlines enforced.
-struct Collector {
-    /// Where answers come from.
-    source: Box<dyn AnswerSource + Send>,
-    /// Shared with the senders.
-    shared: Arc<Shared>,
-}
-
-impl Collector {
-    fn run(&mut self, senders: Vec<JoinHandle<()>>) {
-        let shared = Arc::clone(&self.shared);
-        let watcher = std::thread::spawn(move || {
-            for h in senders {
-                if h.join().is_err() {
-                    warn!("stateless sender panicked");
-                }
-            }
-            shared.senders_done.store(true, Ordering::Release);
-        });
-        let mut answers: Vec<AnswerRecord> = Vec::with_capacity(1024);
-        loop {
-            self.source.wait(Duration::from_millis(1));
-            self.shared.sources.poll();
-            self.source.drain(&mut |r| answers.push(r));
-            for rec in answers.drain(..) {
-                self.answer(&rec);
-            }
-            let pending = self.expire();
-            if pending == 0 && self.shared.senders_done.load(Ordering::Acquire) {
-                break;
-            }
+    /// Read this worker's rings and match what they hold.
+    fn collect(&mut self) {
+        let mut answers = std::mem::take(&mut self.answers);
+        self.source.drain(&mut |r| answers.push(r));
+        for rec in answers.drain(..) {
+            self.answer(&rec);
         }
-        let _ = watcher.join();
+        self.answers = answers;
     }
 
     fn answer(&mut self, rec: &AnswerRecord) {
-        let Some(p) = self
-            .shared
-            .table
-            .shard(&rec.key)
-            .lock()
-            .map
-            .remove(&rec.key)
-        else {
+        let Some(p) = self.pending.remove(&rec.key) else {
             return;
         };
         let now = monotonic_now();
@@ -599,40 +586,47 @@ impl Collector {
                 detail: format!("unknown answer class {}", rec.class),
             },
         };
-        self.shared
-            .finish(&p.job, reason, Some(rtt), clock, now.saturating_sub(p.sent));
+        self.finish(&p.job, reason, Some(rtt), clock, now.saturating_sub(p.sent));
     }
 
-    /// Expire probes past their deadline; returns how many are still pending.
-    fn expire(&mut self) -> usize {
+    /// End this worker's probes whose deadline passed.
+    fn expire(&mut self) {
         let now = monotonic_now();
-        let mut pending = 0;
-        let mut expired = Vec::new();
-        for shard in &self.shared.table.shards {
-            let mut s = shard.lock();
-            while let Some(keys) = s.deadlines.pop_due(now) {
-                for key in &keys {
-                    // A key answered since, or sent again with a later deadline, stays.
-                    if s.map.get(key).is_some_and(|p| p.deadline <= now) {
-                        if let Some(p) = s.map.remove(key) {
-                            expired.push(p);
-                        }
+        let clock = self.shared.clock;
+        while let Some(keys) = self.deadlines.pop_due(now) {
+            for key in &keys {
+                // A key answered since, or sent again with a later deadline, stays.
+                if self.pending.get(key).is_some_and(|p| p.deadline <= now) {
+                    if let Some(p) = self.pending.remove(key) {
+                        self.finish(
+                            &p.job,
+                            Reason::Timeout,
+                            None,
+                            clock,
+                            now.saturating_sub(p.sent),
+                        );
                     }
                 }
-                s.deadlines.recycle(keys);
             }
-            pending += s.map.len();
+            self.deadlines.recycle(keys);
         }
-        for p in expired {
-            self.shared.finish(
-                &p.job,
-                Reason::Timeout,
-                None,
-                self.shared.clock,
-                now.saturating_sub(p.sent),
-            );
-        }
-        pending
+    }
+}
+
+/// Whether a UDP check can run stateless: any answer counts, so the XDP program's
+/// record of it (which carries no payload) decides. A check that looks at the answer's
+/// bytes needs a socket.
+#[must_use]
+pub fn is_stateless_udp(u: &super::spec::UdpSpec) -> bool {
+    u.expect_prefix.is_empty()
+}
+
+/// ICMP "port unreachable": type 3 code 3 (IPv4), ICMPv6 type 1 code 4.
+fn is_port_unreachable(family: u8, icmp_type: u8, icmp_code: u8) -> bool {
+    if family == probe_common::family::V4 {
+        (icmp_type, icmp_code) == (3, 3)
+    } else {
+        (icmp_type, icmp_code) == (1, 4)
     }
 }
 

@@ -83,7 +83,9 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Jobs buffered per worker channel before `submit` blocks.
     pub queue: usize,
-    /// Threads sending stateless (SYN, ICMP) probes; one more collects their answers.
+    /// Stateless (SYN, ICMP, UDP) workers wanted: each sends its probes and matches
+    /// their answers; as many run as the answer source divides into (a power of two,
+    /// at most `probe_common::EVENT_RINGS`; one with the userspace fallback).
     pub stateless_senders: usize,
 }
 
