@@ -1,7 +1,7 @@
 //! Loading, attaching and reading sonde's kernel programs (the `probe-ebpf` object).
 //!
 //! [`KernelProbes`] owns the loaded object: the XDP ingress classifier, the TC egress
-//! stamper, their maps, the answer ring buffer and the per-reason counters. Dropping it
+//! stamper, their maps, the answer ring buffers and the per-reason counters. Dropping it
 //! detaches both programs. [`availability`] says, before trying, whether eBPF can be used
 //! at all; when it cannot, the rest of sonde runs with userspace timestamps.
 
@@ -138,7 +138,7 @@ impl Counters {
 pub struct KernelProbes {
     /// The loaded object; owns programs, links and the remaining maps.
     ebpf: Ebpf,
-    /// Answers from XDP (until taken by the engine).
+    /// Answers from the kernel programs, all rings (until taken by the engine).
     events: Option<Events>,
     /// Interfaces we attached to, for logs and status.
     attached: Vec<(String, Ingress)>,
@@ -291,20 +291,21 @@ impl KernelProbes {
         &self.attached
     }
 
-    /// Pop every answer record currently in the ring buffer (none once the events
+    /// Pop every answer record currently in the ring buffers (none once the events
     /// reader was taken with [`KernelProbes::take_events`]).
     pub fn drain(&mut self, f: impl FnMut(AnswerRecord)) -> usize {
         self.events.as_mut().map_or(0, |e| e.drain(f))
     }
 
-    /// Wait until the ring buffer has data or `timeout` passes, at most
+    /// Wait until a ring buffer has data or `timeout` passes, at most
     /// [`probe_common::EVENTS_POLL_MS`] (see [`Events::wait`]): drain after each return.
     pub fn wait(&self, timeout: std::time::Duration) -> bool {
         self.events.as_ref().is_some_and(|e| e.wait(timeout))
     }
 
-    /// Move the ring-buffer reader out, e.g. to the engine thread that matches answers,
-    /// while this handle keeps the programs attached and the counters readable.
+    /// Move the ring-buffer readers out, e.g. to the engine's stateless workers (which
+    /// divide them, [`Events::split`]), while this handle keeps the programs attached
+    /// and the counters readable.
     pub fn take_events(&mut self) -> Option<Events> {
         self.events.take()
     }

@@ -1,4 +1,4 @@
-//! Where answers come from: the kernel programs' ring buffer (kernel timestamps), or,
+//! Where answers come from: the kernel programs' ring buffers (kernel timestamps), or,
 //! where eBPF cannot be used, an `AF_PACKET` socket on the same interface running the
 //! same classifier in userspace (userspace timestamps). Both yield [`AnswerRecord`]s.
 

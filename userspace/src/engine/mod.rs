@@ -1,7 +1,7 @@
 //! Firing probes and matching their answers.
 //!
 //! At this stage: stateless TCP SYN and ICMP echo probes sent through raw sockets
-//! ([`raw`]), answered through the XDP ring buffer and matched to the probe that caused
+//! ([`raw`]), answered through the kernel programs' ring buffers and matched to the probe that caused
 //! them ([`round`]), from a reserved source-port range ([`ports`]).
 
 pub mod answers;

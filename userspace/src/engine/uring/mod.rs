@@ -198,7 +198,7 @@ struct WorkerHandle {
 /// What the stateless worker needs: where answers come from and the probe
 /// configuration the kernel programs were given.
 pub struct StatelessParts {
-    /// The XDP ring buffer, or the userspace fallback.
+    /// The kernel programs' answer rings, or the userspace fallback.
     pub source: Box<dyn AnswerSource + Send>,
     /// Ports, ICMP id and cookie key.
     pub probe: ProbeConfig,
