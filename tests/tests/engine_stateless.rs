@@ -17,46 +17,44 @@ use sonde::{
 };
 use sonde_tests::{checks::check, servers::udp_echo};
 
-#[test]
-fn syn_and_icmp_through_the_engine_with_kernel_clock() {
-    if !lab::kernel_programs_or_skip() {
-        return;
-    }
+/// A two-host lab whose target listens on 198.18.0.2:80 (the listener is returned to
+/// be kept) and sends every ICMP error it is asked for: every closed-port probe gets
+/// its port unreachable (the kernel rate-limits ICMP errors per peer otherwise: a
+/// burst of 6, then one a second).
+fn lab_with_listener() -> (Lab, TcpListener) {
     let lab = Lab::two_hosts().expect("lab");
-    let _l = lab
+    let listener = lab
         .target
         .run(|| TcpListener::bind("198.18.0.2:80"))
         .expect("enter")
         .expect("listen");
-    lab.target
-        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop; add rule inet t in udp dport 9 drop")
-        .expect("nft");
-    let _echo = udp_echo(&lab.target, "198.18.0.2:7", b"pong:");
-    // Every closed-port probe gets its port unreachable (the kernel rate-limits ICMP
-    // errors per peer otherwise: a burst of 6, then one a second).
     let out = lab
         .target
         .exec(&["sysctl", "-qw", "net.ipv4.icmp_ratemask=0"])
         .expect("sysctl");
     assert!(out.status.success(), "{out:?}");
+    (lab, listener)
+}
+
+/// The kernel programs on the prober's end of the lab link, with `ports` reserved, and
+/// an engine with one io_uring worker and up to `senders` stateless workers.
+fn start(lab: &Lab, ports: PortRange, senders: usize) -> (Engine, KernelProbes) {
     let iface = lab.link.a.name.clone();
-    let (engine, kernel) = lab
-        .prober
+    lab.prober
         .run(move || {
-            let cfg = new_config(PortRange::DEFAULT);
+            let cfg = new_config(ports);
             let mut k = KernelProbes::load().expect("load");
             k.set_config(&cfg).expect("config");
             k.attach(&iface).expect("attach");
-            PortRange::DEFAULT.reserve().expect("reserve ports");
-            let events = k.take_events().expect("events");
+            ports.reserve().expect("reserve ports");
             let parts = StatelessParts {
-                source: Box::new(events),
+                source: Box::new(k.take_events().expect("events")),
                 probe: cfg,
             };
             let e = Engine::start(
                 &EngineConfig {
                     threads: 1,
-                    stateless_senders: 2,
+                    stateless_senders: senders,
                     ..EngineConfig::default()
                 },
                 Some(parts),
@@ -64,7 +62,20 @@ fn syn_and_icmp_through_the_engine_with_kernel_clock() {
             .expect("engine");
             (e, k)
         })
-        .expect("enter prober");
+        .expect("enter prober")
+}
+
+#[test]
+fn syn_and_icmp_through_the_engine_with_kernel_clock() {
+    if !lab::kernel_programs_or_skip() {
+        return;
+    }
+    let (lab, _l) = lab_with_listener();
+    lab.target
+        .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop; add rule inet t in udp dport 9 drop")
+        .expect("nft");
+    let _echo = udp_echo(&lab.target, "198.18.0.2:7", b"pong:");
+    let (engine, kernel) = start(&lab, PortRange::DEFAULT, 2);
     let t = Duration::from_millis(400);
     let udp = |expect: &str| {
         ProbeSpec::Udp(Box::new(UdpSpec {
@@ -250,47 +261,13 @@ fn eight_workers_each_match_the_answers_to_their_own_probes() {
     if !lab::kernel_programs_or_skip() {
         return;
     }
-    let lab = Lab::two_hosts().expect("lab");
-    let _l = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
-    let out = lab
-        .target
-        .exec(&["sysctl", "-qw", "net.ipv4.icmp_ratemask=0"])
-        .expect("sysctl");
-    assert!(out.status.success(), "{out:?}");
-    let iface = lab.link.a.name.clone();
-    let (engine, kernel) = lab
-        .prober
-        .run(move || {
-            // A range that does not start at a multiple of the ring count.
-            let ports = PortRange {
-                lo: 61003,
-                hi: 61999,
-            };
-            let cfg = new_config(ports);
-            let mut k = KernelProbes::load().expect("load");
-            k.set_config(&cfg).expect("config");
-            k.attach(&iface).expect("attach");
-            ports.reserve().expect("reserve ports");
-            let parts = StatelessParts {
-                source: Box::new(k.take_events().expect("events")),
-                probe: cfg,
-            };
-            let e = Engine::start(
-                &EngineConfig {
-                    threads: 1,
-                    stateless_senders: 8,
-                    ..EngineConfig::default()
-                },
-                Some(parts),
-            )
-            .expect("engine");
-            (e, k)
-        })
-        .expect("enter prober");
+    let (lab, _l) = lab_with_listener();
+    // A range that does not start at a multiple of the ring count.
+    let ports = PortRange {
+        lo: 61003,
+        hi: 61999,
+    };
+    let (engine, kernel) = start(&lab, ports, 8);
     let t = Duration::from_secs(2);
     let udp = ProbeSpec::Udp(Box::new(UdpSpec {
         payload: b"hello".to_vec(),
