@@ -248,8 +248,8 @@ impl Worker {
         loop {
             let mut got = 0usize;
             if open {
-                if self.pending.is_empty() {
-                    // Nothing in flight: sleep on the queue.
+                if self.pending.is_empty() && self.keys.is_empty() {
+                    // Nothing in flight or built: sleep on the queue.
                     match rx.recv_timeout(IDLE_WAIT) {
                         Ok(job) => {
                             self.poll_routes(true);
