@@ -5,13 +5,17 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::Arc,
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use probe_common::{
     config::ProbeConfig,
     parse::classify,
     record::{flags, AnswerRecord},
+    EVENT_RINGS,
 };
 
 use super::Clock;
@@ -198,14 +202,7 @@ impl PacketSource {
 
 impl AnswerSource for PacketSource {
     fn wait(&self, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&raw mut pfd, 1, ms) > 0 }
+        poll_in(self.fd.as_raw_fd(), timeout)
     }
 
     fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
@@ -259,10 +256,106 @@ impl AnswerSource for PacketSource {
         Clock::Userspace
     }
 
-    /// One packet socket sees every answer: it stays whole, for one reader.
+    /// One packet socket sees every answer, so the readers share it
+    /// ([`PacketReader`]): whichever reads a frame hands its record to the reader whose
+    /// residue its [`StampKey::ring`](probe_common::record::StampKey::ring) is.
+    fn split(self: Box<Self>, n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
+        let n = n.clamp(1, EVENT_RINGS);
+        let n = 1 << n.ilog2();
+        if n == 1 {
+            return vec![self];
+        }
+        let fd = self.fd.as_raw_fd();
+        let port_lo = self.cfg.port_lo;
+        let shared = Arc::new(SharedPacket {
+            socket: Mutex::new(*self),
+            inboxes: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            port_lo,
+        });
+        (0..n)
+            .map(|index| {
+                Box::new(PacketReader {
+                    shared: Arc::clone(&shared),
+                    index,
+                    fd,
+                }) as Box<dyn AnswerSource + Send>
+            })
+            .collect()
+    }
+}
+
+/// A [`PacketSource`] shared by several readers, and each reader's inbox.
+struct SharedPacket {
+    /// The socket; read by whichever reader takes the lock.
+    socket: Mutex<PacketSource>,
+    /// Records read by one reader for another, by owner.
+    inboxes: Vec<Mutex<Vec<AnswerRecord>>>,
+    /// The reserved range's first port (to compute `StampKey::ring`).
+    port_lo: u16,
+}
+
+/// One of the readers of a shared [`PacketSource`] ([`AnswerSource::split`]): reader
+/// `i` of `n` yields the answers whose `StampKey::ring` is `i` modulo `n`, whichever
+/// reader took them off the socket. Their receive time is taken when the frame is read
+/// (`AnswerRecord::rx_ns`), so handing a record on adds nothing to its round trip.
+pub struct PacketReader {
+    /// The socket and the inboxes.
+    shared: Arc<SharedPacket>,
+    /// This reader's residue.
+    index: usize,
+    /// The socket's fd, to wait on without the lock (owned by `shared`).
+    fd: std::os::fd::RawFd,
+}
+
+impl AnswerSource for PacketReader {
+    fn wait(&self, timeout: Duration) -> bool {
+        if !self.shared.inboxes[self.index].lock().is_empty() {
+            return true;
+        }
+        poll_in(self.fd, timeout)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(AnswerRecord)) -> usize {
+        let n = self.shared.inboxes.len();
+        let mut count = 0;
+        // Another reader draining the socket now hands this one its records.
+        if let Some(mut socket) = self.shared.socket.try_lock() {
+            let (port_lo, index, inboxes) = (self.shared.port_lo, self.index, &self.shared.inboxes);
+            socket.drain(&mut |rec| {
+                let owner = rec.key.ring(port_lo) % n;
+                if owner == index {
+                    f(rec);
+                    count += 1;
+                } else {
+                    inboxes[owner].lock().push(rec);
+                }
+            });
+        }
+        let mine = std::mem::take(&mut *self.shared.inboxes[self.index].lock());
+        count += mine.len();
+        mine.into_iter().for_each(&mut *f);
+        count
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::Userspace
+    }
+
     fn split(self: Box<Self>, _n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
         vec![self]
     }
+}
+
+/// Wait until `fd` is readable or `timeout` passes.
+fn poll_in(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&raw mut pfd, 1, ms) > 0 }
 }
 
 impl AnswerSource for crate::ebpf::Events {

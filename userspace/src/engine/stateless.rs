@@ -565,7 +565,15 @@ impl Worker {
         let (rtt, clock) = if rec.flags & flags::STAMPED != 0 {
             (Duration::from_nanos(rec.rtt_ns), Clock::Kernel)
         } else {
-            (now.saturating_sub(p.sent), Clock::Userspace)
+            // From the send to when the answer was read off the wire (the packet
+            // socket's reader, or the kernel program that found no stamp), both
+            // CLOCK_MONOTONIC; not to now, which a record handed between readers, or
+            // left in a ring until the next pass, would stretch.
+            let rx = match rec.rx_ns {
+                0 => now,
+                ns => Duration::from_nanos(ns),
+            };
+            (rx.saturating_sub(p.sent), Clock::Userspace)
         };
         let reason = match AnswerClass::from_u8(rec.class) {
             Some(AnswerClass::Open | AnswerClass::EchoReply | AnswerClass::UdpReply) => Reason::Ok,

@@ -85,7 +85,7 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Stateless (SYN, ICMP, UDP) workers wanted: each sends its probes and matches
     /// their answers; as many run as the answer source divides into (a power of two,
-    /// at most `probe_common::EVENT_RINGS`; one with the userspace fallback).
+    /// at most `probe_common::EVENT_RINGS`).
     pub stateless_senders: usize,
 }
 
