@@ -94,7 +94,7 @@ pub struct SenderView {
 const VIEW_TARGETS: usize = 65_536;
 
 /// The local addresses probes leave from, and the routing epoch; shared by the
-/// stateless senders, polled by the collector.
+/// stateless workers, polled by each of them.
 pub struct Sources {
     /// Every distinct source address resolved so far (append-only: an index, once
     /// given, always means the same address).

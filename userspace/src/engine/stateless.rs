@@ -52,7 +52,8 @@ struct Pending {
     deadline: Duration,
 }
 
-/// Granularity of [`Deadlines`]; the collector looks at them about this often anyway.
+/// Granularity of [`Deadlines`]; a worker with probes in flight looks at them about this
+/// often anyway.
 const DEADLINE_TICK: Duration = Duration::from_millis(1);
 
 /// Deadlines in buckets of one [`DEADLINE_TICK`], rounded up (a probe never expires

@@ -117,7 +117,7 @@ impl<T> std::ops::Deref for Padded<T> {
 }
 
 /// Engine-wide counters (shared by all workers). Each counter has its cache lines to
-/// itself: senders count probes started while the collector counts those finished.
+/// itself: many threads count probes started and finished.
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Probes started.
