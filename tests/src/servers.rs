@@ -41,17 +41,27 @@ pub fn spawn(f: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Server {
     }
 }
 
+/// A TCP socket listening on `addr` in `ns`, which nothing accepts from: the kernel
+/// answers SYNs with SYN-ACKs (and completes handshakes into the backlog) for as long
+/// as the caller keeps it.
+///
+/// # Panics
+/// The namespace cannot be entered or the address cannot be bound.
+#[must_use]
+pub fn listener(ns: &Netns, addr: &str) -> TcpListener {
+    let bind = addr.to_owned();
+    ns.run(move || TcpListener::bind(bind))
+        .expect("enter netns")
+        .unwrap_or_else(|e| panic!("listen on {addr}: {e}"))
+}
+
 /// Accepts TCP connections on `addr` (in `ns`) and closes them at once.
 ///
 /// # Panics
 /// The address cannot be bound.
 #[must_use]
 pub fn tcp_acceptor(ns: &Netns, addr: &str) -> Server {
-    let addr = addr.to_owned();
-    let l = ns
-        .run(move || TcpListener::bind(addr))
-        .expect("enter netns")
-        .expect("bind tcp");
+    let l = listener(ns, addr);
     l.set_nonblocking(true).expect("nonblocking");
     // std listens with a backlog of 128; a health checker opens hundreds of
     // connections at once, so give the queue what a real server would have.

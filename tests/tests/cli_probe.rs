@@ -3,13 +3,13 @@
 //! (`--json`: one object each), the exit status says whether every probe succeeded, and
 //! an invalid option is refused with the checks file's message before any probe runs.
 
-use std::{net::TcpListener, process::Output};
+use std::process::Output;
 
 use serde_json::Value;
 use sonde::lab::{self, Lab};
 use sonde_tests::{
     daemon::sonde_bin,
-    servers::{http_server, HttpReply},
+    servers::{http_server, listener, HttpReply},
 };
 
 /// Run `sonde probe ARGS...` in the prober namespace, whatever its exit status.
@@ -220,11 +220,7 @@ fn syn_probes_fall_back_to_userspace_timestamps() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _open: TcpListener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let _open = listener(&lab.target, "198.18.0.2:80");
     let out = probe(
         &lab,
         &[

@@ -1,7 +1,7 @@
 //! The io_uring engine against real targets in namespaces: TCP connect and UDP probes,
 //! open / closed / silent targets, timeout precision and file-descriptor hygiene.
 
-use std::{net::TcpListener, time::Duration};
+use std::time::Duration;
 
 use sonde::{
     engine::{
@@ -13,7 +13,7 @@ use sonde::{
 };
 use sonde_tests::{
     checks::{check, run_once},
-    servers::udp_echo,
+    servers::{listener, udp_echo},
 };
 
 #[test]
@@ -22,11 +22,7 @@ fn tcp_connect_and_udp_probes() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _l = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let _l = listener(&lab.target, "198.18.0.2:80");
     lab.target
         .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp dport 9 drop; add rule inet t in udp dport 9 drop")
         .expect("nft");
@@ -107,18 +103,14 @@ fn reused_connect_sockets_judge_afresh_and_reset_every_connection() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let listener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let open = listener(&lab.target, "198.18.0.2:80");
     // Accept and hold every connection: one left open by the prober would stay
     // ESTABLISHED on the target.
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let holder = {
         let held = std::sync::Arc::clone(&held);
         std::thread::spawn(move || {
-            for s in listener.incoming() {
+            for s in open.incoming() {
                 match s {
                     Ok(s) => held.lock().expect("held").push(s),
                     Err(_) => return,
@@ -145,11 +137,7 @@ fn reused_connect_sockets_judge_afresh_and_reset_every_connection() {
         .expect("engine");
     // IPv6 on the prober's own loopback: a slot's kept IPv4 socket must not serve an
     // IPv6 probe (the ring makes a new socket over it), nor the other way round.
-    let listener6 = lab
-        .prober
-        .run(|| TcpListener::bind("[::1]:80"))
-        .expect("enter")
-        .expect("listen on ::1");
+    let listener6 = listener(&lab.prober, "[::1]:80");
     let t = Duration::from_millis(200);
     let open = check("open", "198.18.0.2", 80, ProbeSpec::TcpConnect, t);
     let closed = check("closed", "198.18.0.2", 81, ProbeSpec::TcpConnect, t);

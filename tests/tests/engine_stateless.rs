@@ -4,6 +4,8 @@
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
+use probe_common::config::ProbeConfig;
+
 use sonde::{
     ebpf::KernelProbes,
     engine::{
@@ -15,7 +17,10 @@ use sonde::{
     },
     lab::{self, Lab},
 };
-use sonde_tests::{checks::check, servers::udp_echo};
+use sonde_tests::{
+    checks::check,
+    servers::{listener, udp_echo},
+};
 
 /// A two-host lab whose target listens on 198.18.0.2:80 (the listener is returned to
 /// be kept) and sends every ICMP error it is asked for: every closed-port probe gets
@@ -23,11 +28,7 @@ use sonde_tests::{checks::check, servers::udp_echo};
 /// burst of 6, then one a second).
 fn lab_with_listener() -> (Lab, TcpListener) {
     let lab = Lab::two_hosts().expect("lab");
-    let listener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let listener = listener(&lab.target, "198.18.0.2:80");
     let out = lab
         .target
         .exec(&["sysctl", "-qw", "net.ipv4.icmp_ratemask=0"])
@@ -47,22 +48,24 @@ fn start(lab: &Lab, ports: PortRange, senders: usize) -> (Engine, KernelProbes) 
             k.set_config(&cfg).expect("config");
             k.attach(&iface).expect("attach");
             ports.reserve().expect("reserve ports");
-            let parts = StatelessParts {
-                source: Box::new(k.take_events().expect("events")),
-                probe: cfg,
-            };
-            let e = Engine::start(
-                &EngineConfig {
-                    threads: 1,
-                    stateless_senders: senders,
-                    ..EngineConfig::default()
-                },
-                Some(parts),
-            )
-            .expect("engine");
-            (e, k)
+            let events = k.take_events().expect("events");
+            (engine(Box::new(events), cfg, senders), k)
         })
         .expect("enter prober")
+}
+
+/// An engine with one io_uring worker and up to `senders` stateless workers reading
+/// `source` (in the prober's namespace).
+fn engine(source: Box<dyn AnswerSource + Send>, probe: ProbeConfig, senders: usize) -> Engine {
+    Engine::start(
+        &EngineConfig {
+            threads: 1,
+            stateless_senders: senders,
+            ..EngineConfig::default()
+        },
+        Some(StatelessParts { source, probe }),
+    )
+    .expect("engine")
 }
 
 #[test]
@@ -361,19 +364,8 @@ fn without_ebpf_the_workers_share_one_packet_socket() {
                 assert_eq!(Box::new(src).split(want).len(), parts, "split({want})");
             }
             PortRange::DEFAULT.reserve().expect("reserve ports");
-            let parts = StatelessParts {
-                source: Box::new(PacketSource::open(&iface, cfg).expect("packet socket")),
-                probe: cfg,
-            };
-            Engine::start(
-                &EngineConfig {
-                    threads: 1,
-                    stateless_senders: 4,
-                    ..EngineConfig::default()
-                },
-                Some(parts),
-            )
-            .expect("engine")
+            let source = PacketSource::open(&iface, cfg).expect("packet socket");
+            engine(Box::new(source), cfg, 4)
         })
         .expect("enter prober");
     run_mix(&engine, 1000, Clock::Userspace);

@@ -5,12 +5,14 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     time::{Duration, Instant},
 };
 
 use sonde::lab::{self, Lab};
-use sonde_tests::daemon::{Daemon, TempDir};
+use sonde_tests::{
+    daemon::{Daemon, TempDir},
+    servers::listener,
+};
 
 /// The daemon-wide counters of one `/metrics` scrape, by sample name (labels kept).
 fn scrape(d: &Daemon) -> HashMap<String, f64> {
@@ -93,11 +95,7 @@ fn overload_is_delayed_and_counted_and_the_api_stays_responsive() {
     let lab = Lab::two_hosts().expect("lab");
     // Listening, never accepting, never reading: the kernel completes handshakes into
     // the backlog and nothing ever answers.
-    let listener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("bind");
+    let listener = listener(&lab.target, "198.18.0.2:80");
     // SAFETY: valid listening fd; listen(2) again only updates the backlog.
     unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
     let dir = TempDir::new("overload");

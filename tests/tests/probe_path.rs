@@ -4,7 +4,7 @@
 //! which `answer_hook = "auto"` picks on a veth.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, TcpListener},
+    net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use sonde::{
     engine::{Clock, Outcome, PortRange, ProbeKind},
     lab::{self, Lab},
 };
+use sonde_tests::servers::listener;
 
 const TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -54,11 +55,7 @@ fn probes_through(hook: AnswerHook, check: impl FnOnce(&Ingress)) {
     }
     let lab = Lab::two_hosts().expect("lab");
     // Port 80 listens; nothing on 81; 198.18.0.3 has no host behind it.
-    let listener: TcpListener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter target")
-        .expect("listen");
+    let open = listener(&lab.target, "198.18.0.2:80");
     let targets = vec![
         (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 80 }),
         (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 81 }),
@@ -159,7 +156,7 @@ fn probes_through(hook: AnswerHook, check: impl FnOnce(&Ingress)) {
         0,
         "no SYN-RECV left on the target"
     );
-    drop(listener);
+    drop(open);
 }
 
 #[test]
@@ -170,11 +167,7 @@ fn without_the_rst_the_target_keeps_half_open_state() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _listener: TcpListener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let _listener = listener(&lab.target, "198.18.0.2:80");
     // Drop the SYN-ACK before the prober's kernel can answer it with an RST.
     lab.prober
         .nft("add table inet t; add chain inet t in { type filter hook input priority 0; }; add rule inet t in tcp sport 80 drop")
@@ -197,11 +190,7 @@ fn userspace_fallback_classifies_the_same_answers() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let listener: TcpListener = lab
-        .target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen");
+    let open = listener(&lab.target, "198.18.0.2:80");
     let targets = vec![
         (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 80 }),
         (ip("198.18.0.2"), ProbeKind::TcpSyn { port: 81 }),
@@ -241,5 +230,5 @@ fn userspace_fallback_classifies_the_same_answers() {
         "no kernel counters on the userspace path"
     );
     assert_eq!(lab.target.syn_recv_count().expect("ss"), 0);
-    drop(listener);
+    drop(open);
 }

@@ -6,7 +6,6 @@
 //! the target's retransmitted SYN-ACKs. Real programs, a real veth pair, a real listener.
 
 use std::{
-    net::TcpListener,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,7 +22,7 @@ use sonde::{
     },
     lab::{self, Lab, Netns},
 };
-use sonde_tests::checks::check;
+use sonde_tests::{checks::check, servers::listener};
 
 fn setup(lab: &Lab, mode: ResetMode) -> (Engine, KernelProbes) {
     setup_at(lab, mode, AnswerHook::Xdp)
@@ -125,13 +124,6 @@ fn wait_no_half_open(lab: &Lab) {
     }
 }
 
-fn listener(lab: &Lab) -> TcpListener {
-    lab.target
-        .run(|| TcpListener::bind("198.18.0.2:80"))
-        .expect("enter")
-        .expect("listen")
-}
-
 /// `n` probes to an open port: every SYN-ACK reset by the kernel programs, none by the
 /// prober's stack, and no half-open connection left at the target.
 fn kernel_resets_all(lab: &Lab, engine: &Engine, k: &KernelProbes, n: u64, seq0: u64) {
@@ -160,7 +152,7 @@ fn resets_from_tc_leave_no_half_open_connection() {
     }
     // No XDP program on the target's end: the TC program's resets go out as any frame.
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let (engine, k) = setup(&lab, ResetMode::Tc);
     kernel_resets_all(&lab, &engine, &k, 300, 0);
     engine.shutdown();
@@ -173,7 +165,7 @@ fn resets_from_tc_when_tc_also_classifies() {
     }
     // No XDP program at all: TC ingress classifies, records and resets.
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let (engine, mut k) = setup_at(&lab, ResetMode::Tc, AnswerHook::Tc);
     kernel_resets_all(&lab, &engine, &k, 300, 0);
     // Resets from XDP need the XDP program: refused, and the TC resets stay.
@@ -193,7 +185,7 @@ fn resets_from_xdp_leave_no_half_open_connection() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let _peer = peer_pass(&lab);
     let (engine, mut k) = setup(&lab, ResetMode::Xdp);
     assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
@@ -210,7 +202,7 @@ fn the_guard_hands_resets_to_tc_when_the_veth_drops_those_from_xdp() {
     }
     // No XDP program on the target's end: the veth drops what XDP sends back.
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let (engine, mut k) = setup(&lab, ResetMode::Xdp);
     assert_eq!(check_guard(&lab, &mut k), None, "first look: a baseline");
     let before = k.counters().expect("counters");
@@ -286,7 +278,7 @@ fn the_daemon_resets_from_xdp_when_asked() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let _peer = peer_pass(&lab);
     let (d, _dir) = daemon_in(&lab, "xdp-reset-on");
     d.wait_all(&["syn"], "healthy", Duration::from_secs(5));
@@ -316,7 +308,7 @@ fn the_daemon_turns_resets_from_xdp_off_where_they_are_dropped() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let (d, dir) = daemon_in(&lab, "xdp-reset-off");
     d.wait_all(&["syn"], "healthy", Duration::from_secs(5));
     let until = Instant::now() + Duration::from_secs(6);
@@ -352,7 +344,7 @@ fn the_daemon_classifies_at_tc_ingress_on_a_veth() {
         return;
     }
     let lab = Lab::two_hosts().expect("lab");
-    let _l = listener(&lab);
+    let _l = listener(&lab.target, "198.18.0.2:80");
     let config = DAEMON_CONFIG.replace("[daemon]\nsyn_ack_reset = \"xdp\"\n", "")
         + r#"
 [[check]]

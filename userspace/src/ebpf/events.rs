@@ -31,8 +31,7 @@ impl Events {
     /// shorter than `n`.
     #[must_use]
     pub fn split(self, n: usize) -> Vec<Events> {
-        let n = n.clamp(1, self.rings.len().max(1));
-        let n = 1 << n.ilog2();
+        let n = crate::engine::answers::readers(n, self.rings.len());
         let mut out: Vec<Events> = (0..n).map(|_| Events { rings: Vec::new() }).collect();
         for (i, ring) in self.rings {
             out[i % n].rings.push((i, ring));

@@ -260,8 +260,7 @@ impl AnswerSource for PacketSource {
     /// ([`PacketReader`]): whichever reads a frame hands its record to the reader whose
     /// residue its [`StampKey::ring`](probe_common::record::StampKey::ring) is.
     fn split(self: Box<Self>, n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
-        let n = n.clamp(1, EVENT_RINGS);
-        let n = 1 << n.ilog2();
+        let n = readers(n, EVENT_RINGS);
         if n == 1 {
             return vec![self];
         }
@@ -344,6 +343,15 @@ impl AnswerSource for PacketReader {
     fn split(self: Box<Self>, _n: usize) -> Vec<Box<dyn AnswerSource + Send>> {
         vec![self]
     }
+}
+
+/// How many readers an answer source divides into when `n` are wanted and it holds
+/// `rings` rings (a power of two): `n` rounded down to a power of two, at least 1 and
+/// at most `rings`, so that every reader gets whole residue classes of
+/// [`StampKey::ring`](probe_common::record::StampKey::ring).
+#[must_use]
+pub fn readers(n: usize, rings: usize) -> usize {
+    1 << n.clamp(1, rings.max(1)).ilog2()
 }
 
 /// Wait until `fd` is readable or `timeout` passes.
